@@ -101,9 +101,9 @@ def _model_at(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
         else:
             model = None
         model = _unwrap(model)
-        if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
-            if get_origin(model) is not dict and _is_union_of_models(model):
-                pending_tag = True
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        if model is not None and not is_model and get_origin(model) is not dict and _is_union_of_models(model):
+            pending_tag = True
     return ".".join(shown), model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 

@@ -19,7 +19,9 @@ PHI_PATTERNS: dict[str, re.Pattern[str]] = {
         r"\b(?:\d{1,2}[/.-]\d{1,2}[/.-](?:19|20)\d{2}|(?:19|20)\d{2}[/.-]\d{1,2}[/.-]\d{1,2}"
         r"|(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))\b"
     ),
-    "mrn": re.compile(r"(?i:\b(?:MRN|medical record(?: number)?|patient id|accession(?: number)?)\s*[:#]?\s*\w*\d{4,})"),
+    "mrn": re.compile(
+        r"(?i:\b(?:MRN|medical record(?: number)?|patient id|accession(?: number)?)\s*[:#]?\s*\w*\d{4,})"
+    ),
     "phone": re.compile(r"(?:\+?\d{1,2}[\s.-])?\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b"),
     "email": re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b"),
     "ssn": re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),

@@ -58,7 +58,8 @@ class Record(BaseModel):
     group: str = Field(description="Patient or source-image id; no group spans two splits.")
     split: Split = Field(description="train, val or test.")
     features: dict[str, str] = Field(
-        default_factory=dict, description="Feature values for FLix and federated partitioning (task, modality, site ...)."
+        default_factory=dict,
+        description="Feature values for FLix and federated partitioning (task, modality, site ...).",
     )
     meta: dict[str, Any] = Field(default_factory=dict, description="Source-specific extras (question type, organ ...).")
 

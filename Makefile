@@ -1,0 +1,41 @@
+# The README's commands. `make run` and `make test` set up everything they need on a fresh machine.
+PY    ?= python3
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.medtune-installed
+
+.PHONY: run test unit integration lint bench ui setup clean
+
+run: $(STAMP)            ## the retrain flow on the embedded default
+	$(BIN)/medtune run
+
+test: $(STAMP)           ## lint, types, unit and integration tests
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest -q
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+bench: $(STAMP)          ## benchmarks (slow; results go into benchmarks/README.md by hand)
+	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/data_build.py
+
+ui: $(STAMP)
+	$(BIN)/medtune ui
+
+setup: $(STAMP)
+
+# torch is installed first from the pinned CPU build; the lock is installed under the same constraint so that
+# nothing can swap in a CUDA build. The project itself goes in last, editable, without touching the lock.
+$(STAMP): pyproject.toml requirements-lock.txt constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -U "pip>=25"
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-lock.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf .medtune params.yaml reports data/vlhealth

@@ -1,0 +1,242 @@
+"""Load ``records.jsonl`` leniently into a pandas DataFrame with the columns the validation suite checks.
+
+Nothing here raises on bad data: a line that is not JSON, a record with a missing key, an unknown modality or a
+missing image becomes a row whose derived columns say so, and the Great Expectations suite
+(:mod:`components.validation.suite`) turns those rows into named failures. Only a records file that cannot be
+read at all raises (``OSError``).
+
+Conventions the suite relies on:
+
+- ``row`` is the 1-based line number in the records file (blank lines are skipped, not counted as rows);
+- a derived check column holds ``True``/``False``, or ``None`` where the check does not apply because a
+  prerequisite already failed (no image file -> no decode check); GE skips nulls in column-map expectations,
+  so one broken thing is reported once;
+- every ``*_detail`` column says *why* a row failed, in words that never repeat PHI.
+
+Use it on its own to look at a dataset::
+
+    from components.validation.frame import load_records_frame
+    df = load_records_frame(Path("data/vlhealth/records.jsonl"))
+    print(df[~df.image_exists.astype(bool)][["row", "id", "image_detail"]])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+from pydantic import ValidationError
+
+from components.data.phi import find_phi
+from components.data.records import GENERATION_KINDS, IMAGE_TOKEN, SPLITS, Record
+
+#: Record fields copied into the frame as text (non-string values are JSON-encoded; the schema check flags them).
+TEXT_FIELDS = (
+    "id", "source", "license", "image", "image_sha256", "modality", "body_part", "task", "kind",
+    "target_image", "target_image_sha256", "group", "split",
+)  # fmt: skip
+#: Contract fields whose allowed values have expectations of their own: the schema check leaves them out.
+VALUE_FIELDS = ("modality", "task", "kind", "split")
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What was found for one referenced image file."""
+
+    exists: bool | None  # None: no usable path in the record
+    decodes: bool | None  # None: not checked (no file)
+    sha256: str | None
+    detail: str  # empty when the file exists and decodes
+
+
+class ImageProbe:
+    """Checks image files under ``root`` once each (many records share one image)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._cache: dict[str, ImageCheck] = {}
+
+    def check(self, rel: object) -> ImageCheck:
+        if not isinstance(rel, str) or not rel.strip():
+            return ImageCheck(None, None, None, "no image path")
+        if rel not in self._cache:
+            self._cache[rel] = self._probe(rel)
+        return self._cache[rel]
+
+    def _probe(self, rel: str) -> ImageCheck:
+        if Path(rel).is_absolute():
+            return ImageCheck(False, None, None, f"{rel}: absolute path (must be relative to the dataset root)")
+        path = (self.root / rel).resolve()
+        if not path.is_relative_to(self.root):
+            return ImageCheck(False, None, None, f"{rel}: path escapes the dataset root")
+        if not path.is_file():
+            return ImageCheck(False, None, None, f"{rel}: file not found")
+        with path.open("rb") as fh:
+            sha = hashlib.file_digest(fh, "sha256").hexdigest()
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as exc:  # Pillow raises many types for truncated or foreign files
+            return ImageCheck(True, False, sha, f"{rel}: cannot decode ({type(exc).__name__}: {exc})")
+        return ImageCheck(True, True, sha, "")
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _schema_errors(obj: dict[str, Any]) -> str:
+    """Contract violations other than allowed values: missing/unknown keys, wrong types, malformed turns."""
+    try:
+        Record.model_validate(obj)
+    except ValidationError as exc:
+        msgs = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+            if not (err["type"] == "literal_error" and len(err["loc"]) == 1 and err["loc"][0] in VALUE_FIELDS)
+        ]
+        return "; ".join(msgs)
+    return ""
+
+
+def _turns(obj: dict[str, Any]) -> list[tuple[str, str]] | None:
+    conv = obj.get("conversations")
+    if not isinstance(conv, list):
+        return None
+    return [(str(t.get("from")), t["value"]) for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)]
+
+
+def _token_check(turns: list[tuple[str, str]] | None) -> tuple[bool | None, str]:
+    if not turns:
+        return None, ""
+    speaker, first = turns[0]
+    if speaker != "human":
+        return False, f"first turn is from {speaker!r}, not 'human'"
+    if not first.startswith(IMAGE_TOKEN + "\n"):
+        return False, f"first human turn does not start with {IMAGE_TOKEN!r} and a newline"
+    count = sum(value.count(IMAGE_TOKEN) for _, value in turns)
+    if count != 1:
+        return False, f"{IMAGE_TOKEN!r} appears {count} times in the conversation (expected once)"
+    return True, ""
+
+
+def _target_check(obj: dict[str, Any], probe: ImageProbe) -> tuple[bool | None, str]:
+    task, kind = obj.get("task"), obj.get("kind")
+    if task is None and kind is None:
+        return None, ""
+    target = obj.get("target_image")
+    if task == "generation" or kind in GENERATION_KINDS:
+        if not isinstance(target, str) or not target:
+            return False, "generation record has no target_image"
+        found = probe.check(target)
+        if not found.exists or not found.decodes:
+            return False, f"target {found.detail}"
+        if found.sha256 != obj.get("target_image_sha256"):
+            return False, f"{target}: sha256 {found.sha256[:12] if found.sha256 else None} != recorded target"
+        return True, ""
+    # A comprehension record must not point at a target (trainers would treat it as a generation pair).
+    if target is not None or obj.get("target_image_sha256") is not None:
+        return False, "comprehension record carries a target image"
+    return True, ""
+
+
+def _phi_scan(obj: dict[str, Any], turns: list[tuple[str, str]] | None) -> str:
+    """Names of PHI patterns per field (``question: mrn``), never the matched text itself."""
+    fields: list[tuple[str, str]] = []
+    for i, (speaker, value) in enumerate(turns or []):
+        fields.append(("question" if i == 0 else "answer" if i == 1 else f"turn {i} ({speaker})", value))
+    if isinstance(obj.get("body_part"), str):
+        fields.append(("body_part", obj["body_part"]))
+    for section in ("meta", "features"):
+        if isinstance(obj.get(section), dict):
+            fields += [(f"{section}.{k}", v) for k, v in obj[section].items() if isinstance(v, str)]
+    hits = [f"{name}: {','.join(found)}" for name, text in fields if (found := find_phi(text))]
+    return "; ".join(hits)
+
+
+def _row(line_no: int, line: str, probe: ImageProbe) -> dict[str, Any]:
+    row: dict[str, Any] = {"row": line_no}
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return row | {"json_ok": False, "json_detail": f"not valid JSON ({exc.msg} at column {exc.colno})"}
+    if not isinstance(obj, dict):
+        return row | {"json_ok": False, "json_detail": f"a JSON {type(obj).__name__}, not an object"}
+    row |= {"json_ok": True, "json_detail": ""}
+    row |= {name: _text(obj.get(name)) for name in TEXT_FIELDS}
+    row["schema_errors"] = _schema_errors(obj)
+    turns = _turns(obj)
+    row["question"] = turns[0][1].replace(IMAGE_TOKEN, "").strip() if turns else ""
+    row["answer"] = turns[1][1].strip() if turns and len(turns) > 1 else ""
+    row["image_token_ok"], row["image_token_detail"] = _token_check(turns)
+    task, kind = obj.get("task"), obj.get("kind")
+    if isinstance(task, str) and isinstance(kind, str):
+        row["task_kind_ok"] = (task == "generation") == (kind in GENERATION_KINDS)
+    image = probe.check(obj.get("image"))
+    row["image_exists"] = image.exists
+    row["image_decodes"] = image.decodes
+    recorded = obj.get("image_sha256")
+    row["image_hash_matches"] = image.sha256 == recorded if image.decodes is not None else None
+    if row["image_hash_matches"] is False:
+        got, want = image.sha256 or "", _text(recorded) or "none"
+        image = ImageCheck(True, image.decodes, got, f"{obj['image']}: sha256 {got[:12]}... != recorded {want[:12]}...")
+    row["image_detail"] = image.detail
+    row["target_ok"], row["target_detail"] = _target_check(obj, probe)
+    row["phi_found"] = _phi_scan(obj, turns)
+    return row
+
+
+#: Column order of the frame (every column exists even when no row sets it).
+COLUMNS = (
+    ["row", "json_ok", "json_detail", *TEXT_FIELDS, "schema_errors", "question", "answer", "image_token_ok",
+     "image_token_detail", "task_kind_ok", "image_exists", "image_decodes", "image_hash_matches", "image_detail",
+     "target_ok", "target_detail", "phi_found", "group_split_count", "group_detail"]
+    + [f"is_{split}" for split in SPLITS]
+)  # fmt: skip
+
+
+def _add_group_columns(df: pd.DataFrame) -> None:
+    """``group_split_count``: distinct splits the row's group occurs in; ``is_<split>``: 0/1 split indicators."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for group, split in zip(df["group"], df["split"], strict=True):
+        if isinstance(group, str) and split in SPLITS:
+            splits_of[group].add(split)
+    counts, details = [], []
+    for group in df["group"]:
+        splits = splits_of.get(group) if isinstance(group, str) else None
+        counts.append(len(splits) if splits else None)
+        details.append(f"group {group!r} is in {', '.join(sorted(splits))}" if splits and len(splits) > 1 else "")
+    df["group_split_count"] = pd.Series(counts, index=df.index, dtype=object)
+    df["group_detail"] = pd.Series(details, index=df.index, dtype=object)
+    for split in SPLITS:
+        # Non-JSON rows stay null (outside the denominator); a record with a bad split counts in none.
+        df[f"is_{split}"] = [None if not ok else float(s == split) for ok, s in zip(df.json_ok, df.split, strict=True)]
+
+
+def load_records_frame(records_file: Path, image_root: Path | None = None) -> pd.DataFrame:
+    """One row per non-blank line of ``records_file``; image paths resolve against ``image_root``
+    (default: the records file's folder)."""
+    probe = ImageProbe(image_root if image_root is not None else records_file.parent)
+    rows: list[dict[str, Any]] = []
+    with records_file.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                rows.append({"row": line_no, "json_ok": False, "json_detail": f"not UTF-8 ({exc.reason})"})
+                continue
+            rows.append(_row(line_no, line, probe))
+    df = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
+    df["row"] = df["row"].astype("int64")
+    _add_group_columns(df)
+    return df

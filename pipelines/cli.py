@@ -1,0 +1,333 @@
+"""The ``medtune`` command line: one entry per stage, plus the whole ``run``.
+
+    medtune run                           # the retrain flow on configs/default.yaml
+    medtune run data.workers=2            # dotted overrides after the options
+    medtune data build | validate | push | pull
+    medtune ui                            # MLflow UI on 127.0.0.1
+    medtune config show [--schema]
+    medtune init DIR                      # a new workspace (git + DVC) with the default config
+
+Exit codes: 0 ok, 2 usage or config error (nothing is written), 1 a stage failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from components.config import ConfigError
+from components.runtime import WorkspaceError
+
+console = Console(stderr=False, highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="medtune",
+    help="Medical VLM fine-tuning pipeline: data -> validation -> training -> safety -> registry.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build, validate and version the VL-Health dataset.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Config YAML (default: configs/default.yaml of the workspace).")
+]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. data.workers=2 data.sources.phantom.subjects=8.")
+]
+
+
+class UsageError(Exception):
+    """Bad command-line use that is not a config error."""
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    err.print(message, markup=False)
+    return typer.Exit(code)
+
+
+def _context(config: Path | None, overrides: list[str] | None, *, make_state: bool = True) -> Any:
+    from pipelines.context import resolve
+
+    try:
+        return resolve(config, overrides, make_state=make_state)
+    except ConfigError as e:
+        raise _fail(2, f"config error: {e}") from None
+    except WorkspaceError as e:
+        raise _fail(2, f"error: {e}") from None
+
+
+@app.command()
+def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Run the retrain flow (Prefect) on the config: data -> validate (-> later stages)."""
+    ctx = _context(config, overrides)
+    from pipelines.dvc_ops import DvcError
+    from pipelines.retrain import retrain
+    from pipelines.stages import StageFailed
+
+    console.print(
+        f"[bold]medtune run[/] workspace {ctx.workspace}  config {ctx.config_path.name} (hash {ctx.config_hash})"
+    )
+    try:
+        refs = retrain(workspace=str(ctx.workspace), config=str(ctx.config_path), overrides=list(overrides or []))
+    except (StageFailed, DvcError) as e:
+        raise _fail(1, str(e)) from None
+    console.print(
+        f"[green]retrain finished[/]: MLflow run {refs['run_id']} (experiment {refs['experiment_id']}), "
+        f"data version {refs['data']['data_version']}"
+    )
+    console.print(
+        f"see it: medtune ui  ->  http://127.0.0.1:5000/#/experiments/{refs['experiment_id']}/runs/{refs['run_id']}"
+    )
+
+
+@data_app.command("build")
+def data_build(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: data.out of the config).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Build VL-Health from the configured sources into the output folder (atomically)."""
+    ctx = _context(config, overrides)
+    from components.data.build import build_dataset
+    from components.data.deid import load_deid_key
+
+    from components.data.sources import DataError
+
+    cfg = ctx.config.data
+    target = out or ctx.path(cfg.out)
+    key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
+    with _progress(progress) as report_progress:
+        try:
+            report = build_dataset(
+                dict(cfg.sources),
+                target,
+                workspace=ctx.workspace,
+                image_size=cfg.image.size,
+                image_mode=cfg.image.mode,
+                resize=cfg.image.resize,
+                split_ratios=(cfg.splits.train, cfg.splits.val, cfg.splits.test),
+                split_seed=cfg.splits.seed,
+                on_error=cfg.on_error,
+                workers=cfg.workers,
+                deid_key=key,
+                seed=ctx.config.seed,
+                progress=report_progress,
+            )
+        except DataError as e:
+            raise _fail(1, f"data build failed: {e}") from None
+    summary = report.to_json()
+    console.print(
+        f"built {summary.get('records')} records into {target} "
+        f"({summary.get('quarantined_count', len(summary.get('quarantined', [])))} quarantined)"
+    )
+
+
+@data_app.command("validate")
+def data_validate(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    records: Annotated[
+        Path | None, typer.Option(help="records.jsonl to check (default: data.out/records.jsonl).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the validation report (JSON) here.")] = None,
+    docs: Annotated[Path | None, typer.Option(help="Write the Data Docs (HTML) into this folder.")] = None,
+) -> None:
+    """Run the Great Expectations gate over a built dataset; exit 1 naming each failed expectation and rows."""
+    ctx = _context(config, overrides, make_state=False)
+    from components.validation import ValidationInputError, validate_dataset
+
+    v = ctx.config.validate_
+    splits = ctx.config.data.splits
+    records_file = records or ctx.path(ctx.config.data.out) / "records.jsonl"
+    try:
+        result = validate_dataset(
+            records_file.parent,
+            records_file=records_file,
+            split_ratios=(splits.train, splits.val, splits.test),
+            split_tolerance=v.split_tolerance,
+            min_records=v.min_records,
+            sample_rows=v.sample_rows,
+            docs_dir=docs,
+        )
+    except ValidationInputError as e:
+        raise _fail(1, f"validation failed: {e}") from None
+    lines = result.summary_lines()
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({**result.to_json(), "summary": lines}, indent=2, default=str))
+    for line in lines:
+        (console if result.success else err).print(line, markup=False)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@data_app.command("push")
+def data_push(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Push raw and built data to the configured DVC remote (local folder or S3)."""
+    _remote_command("push", config, overrides)
+
+
+@data_app.command("pull")
+def data_pull(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Pull raw and built data from the configured DVC remote (local folder or S3)."""
+    _remote_command("pull", config, overrides)
+
+
+def _remote_command(verb: str, config: Path | None, overrides: list[str] | None) -> None:
+    ctx = _context(config, overrides)
+    from pipelines.dvc_ops import DvcError, configure_remote, dvc, ensure_repo
+
+    try:
+        ensure_repo(ctx.workspace, ctx.state)
+        remote = configure_remote(ctx.workspace, ctx.state, ctx.config.dvc)
+        dvc(ctx.workspace, verb, "-r", remote, echo=console.print)
+    except DvcError as e:
+        raise _fail(1, str(e)) from None
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you front it with auth.")
+    ] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Server worker processes.")] = 1,
+) -> None:
+    """Serve the MLflow UI (and REST API) from the workspace's tracking store."""
+    ctx = _context(None, None)
+    uri = ctx.tracking_uri
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        ctx.state.mlflow_artifacts.resolve().as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    console.print(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    schema: Annotated[bool, typer.Option("--schema", help="List every key with its description.")] = False,
+) -> None:
+    """Print the resolved config (after overrides), or the documented schema."""
+    if schema:
+        from components.config.schema import MedtuneConfig
+
+        console.print_json(json.dumps(MedtuneConfig.model_json_schema(by_alias=True)))
+        return
+    ctx = _context(config, overrides, make_state=False)
+    import yaml
+
+    from components.config import config_dict
+
+    console.print(yaml.safe_dump(config_dict(ctx.config), sort_keys=False), markup=False)
+    console.print(f"# config hash {ctx.config_hash}", markup=False)
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Folder for the new workspace (created if missing).")]) -> None:
+    """Create a workspace: git + DVC repository with medtune's dvc.yaml, configs and settings."""
+    from pipelines.context import PACKAGE_ROOT
+
+    if (directory / "dvc.yaml").exists():
+        raise _fail(2, f"error: {directory} already holds a dvc.yaml")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", "configs", "mlflow"):
+        src = PACKAGE_ROOT / name
+        if not src.exists():
+            raise _fail(2, f"error: {src} is missing; install medtune from its checkout (pip install -e .)")
+        if src.is_dir():
+            shutil.copytree(src, directory / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, directory / name)
+    (directory / ".gitignore").write_text("/.medtune/\n/params.yaml\n/reports/\n__pycache__/\n")
+    if not (directory / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
+    from components.runtime import configure_environment, state_paths
+    from pipelines.dvc_ops import ensure_repo
+
+    state = state_paths(directory.resolve()).make()
+    configure_environment(state)
+    ensure_repo(directory.resolve(), state)
+    console.print(f"workspace ready: {directory}  (cd there and run `medtune run`)")
+
+
+class _NoProgress:
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled or not console.is_terminal:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    class _Bars:
+        def __enter__(self) -> Any:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            )
+            self.tasks: dict[str, Any] = {}
+            self.progress.__enter__()
+            return self.update
+
+        def update(self, name: str, done: int, total: int | None) -> None:
+            if name not in self.tasks:
+                self.tasks[name] = self.progress.add_task(name, total=total)
+            self.progress.update(self.tasks[name], completed=done, total=total)
+
+        def __exit__(self, *exc: object) -> None:
+            self.progress.__exit__(None, None, None)
+
+    return _Bars()
+
+
+def main() -> None:
+    try:
+        app()
+    except UsageError as e:
+        err.print(f"error: {e}", markup=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""What every command needs first: the workspace, its state folder, the environment, and the resolved config.
+
+Order matters: the environment (telemetry off, tool homes in the state folder) is set before any command
+imports prefect, mlflow, dvc or flwr, and the config is validated before anything is written, so a bad key
+leaves no trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import ConfigError, MedtuneConfig, config_dict, config_hash, load_config, validate_config
+from components.config.loader import apply_override, read_yaml
+from components.runtime import StatePaths, configure_environment, find_workspace, state_paths
+
+PARAMS_FILE = "params.yaml"  # DVC's default params file: the resolved config of the last run
+CODE_KEY = "_medtune"  # a params.yaml section that is not config: hashes of the code behind each DVC stage
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Context:
+    workspace: Path
+    state: StatePaths
+    config: MedtuneConfig
+    config_path: Path
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.workspace / p
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or self.state.mlflow_uri
+
+
+def resolve(
+    config: Path | None,
+    overrides: list[str] | None,
+    *,
+    workspace: Path | None = None,
+    make_state: bool = True,
+) -> Context:
+    """Find the workspace, validate the config (raises ConfigError before anything is written), set up env."""
+    workspace = workspace or find_workspace()
+    path = config if config is not None else workspace / "configs" / "default.yaml"
+    if not path.is_absolute():
+        path = (Path.cwd() / path).resolve()
+    cfg = load_params(path, overrides or [])
+    state = state_paths(workspace)
+    if make_state:
+        state.make()
+    configure_environment(state)
+    return Context(workspace, state, cfg, path)
+
+
+def load_params(path: Path, overrides: list[str]) -> MedtuneConfig:
+    """Load a config file; a params.yaml written by :func:`write_params` loads too (its code section is dropped)."""
+    if path.name == PARAMS_FILE:
+        data = read_yaml(path)
+        data.pop(CODE_KEY, None)
+        for override in overrides:
+            apply_override(data, override)
+        return validate_config(data)
+    return load_config(path, overrides)
+
+
+def code_hash(*parts: str) -> str:
+    """Hash of medtune's Python sources (folders or files, relative to the package root), so a DVC stage re-runs
+    when the code behind it changes."""
+    digest = hashlib.sha256()
+    for part in parts:
+        path = PACKAGE_ROOT / part
+        files = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        for file in files:
+            digest.update(str(file.relative_to(PACKAGE_ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def write_params(ctx: Context) -> Path:
+    """Write the resolved config to params.yaml (atomically) for DVC: stages take their params from it."""
+    data: dict[str, Any] = config_dict(ctx.config)
+    data[CODE_KEY] = {
+        "build": code_hash("components/data"),
+        "validate": code_hash("components/validation", "components/data/records.py", "components/data/phi.py"),
+    }
+    target = ctx.workspace / PARAMS_FILE
+    text = "# Written by medtune from " + str(ctx.config_path.name) + "; DVC reads stage params from here.\n"
+    text += yaml.safe_dump(data, sort_keys=False)
+    if target.exists() and target.read_text() == text:
+        return target
+    fd, tmp = tempfile.mkstemp(dir=ctx.workspace, prefix=".params.", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, target)
+    return target
+
+
+def git_info(workspace: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "none"
+    dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def describe(ctx: Context) -> str:
+    return json.dumps(config_dict(ctx.config), indent=2)
+
+
+__all__ = ["ConfigError", "Context", "code_hash", "git_info", "load_params", "resolve", "write_params"]

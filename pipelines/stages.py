@@ -1,0 +1,144 @@
+"""The stages of ``retrain`` as plain functions: the Prefect flow wraps each in a task, the benchmark calls them
+directly, and each is also a command. They orchestrate (DVC, MLflow); the work itself is in ``components``.
+
+Every stage takes the run context and the parent MLflow run id and returns a small dict of references.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.tracking import TrackingSession
+from pipelines.context import Context
+from pipelines.dvc_ops import configure_remote, dvc, ensure_repo, output_hash, stage_reused, tracked_hash
+
+RAW_DVC_FILE = "data.dvc"
+REPORTS = "reports"
+VALIDATION_REPORT = f"{REPORTS}/validation.json"
+DATA_DOCS = f"{REPORTS}/data_docs"
+
+Echo = Callable[[str], None]
+
+
+class StageFailed(Exception):
+    """A stage ran and failed; the message says why in a few lines."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"stage '{stage}' failed: {message}")
+        self.stage = stage
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def prepare_raw(ctx: Context, echo: Echo = _quiet) -> dict[str, Any]:
+    """Make sure ``data/raw`` is present and recorded in data.dvc; return its version.
+
+    A fresh clone has data.dvc but no data/raw: it is pulled from the DVC remote, and if the remote does not have
+    it (a new machine), the embedded default's raw data (pydicom's real sample DICOM files, byte-identical on
+    every machine with the pinned packages) is put in place. New data landing in data/raw is recorded with
+    ``dvc add`` so the next build sees a new raw version.
+    """
+    from components.data.samples import materialize_embedded_raw
+
+    ensure_repo(ctx.workspace, ctx.state)
+    raw = ctx.path(ctx.config.data.raw)
+    dvc_file = ctx.workspace / RAW_DVC_FILE
+    if not raw.exists() and dvc_file.exists():
+        pulled = dvc(ctx.workspace, "pull", RAW_DVC_FILE, check=False)
+        if pulled.returncode == 0 and raw.exists():
+            echo(f"raw data: pulled {ctx.config.data.raw} from the DVC remote")
+    if not raw.exists():
+        files = materialize_embedded_raw(raw)
+        echo(f"raw data: placed {len(files)} embedded sample files in {ctx.config.data.raw}")
+    before = tracked_hash(ctx.workspace, RAW_DVC_FILE)
+    status = dvc(ctx.workspace, "status", RAW_DVC_FILE, check=False)
+    changed = before is None or "changed" in status.output or "modified" in status.output
+    if changed:
+        dvc(ctx.workspace, "add", ctx.config.data.raw, "--file", RAW_DVC_FILE, "--quiet")
+    version = tracked_hash(ctx.workspace, RAW_DVC_FILE)
+    if changed and before != version:
+        echo(f"raw data: recorded version {version} in {RAW_DVC_FILE} (was {before})")
+    return {"raw_version": version, "raw_changed": changed and before != version}
+
+
+def data_stage(ctx: Context, parent: str, echo: Echo = _quiet) -> dict[str, Any]:
+    """``dvc repro build``: the VL-Health build, re-used by DVC when raw data, params and code are unchanged."""
+    session = connect(ctx)
+    with session.child(parent, "data") as run_id:
+        raw = prepare_raw(ctx, echo)
+        result = dvc(ctx.workspace, "repro", "build", check=False, echo=echo)
+        if result.returncode != 0:
+            session.log_dict(run_id, {"dvc_output": result.output}, "dvc_repro_build.json")
+            tail = "\n".join(result.output.splitlines()[-8:])
+            raise StageFailed("data", f"dvc repro build exited {result.returncode}:\n{tail}")
+        reused = stage_reused(result.output, "build")
+        out = ctx.config.data.out
+        version = output_hash(ctx.workspace, "build", out)
+        if version is None:
+            raise StageFailed("data", f"dvc.lock has no hash for {out} after dvc repro build")
+        remote = configure_remote(ctx.workspace, ctx.state, ctx.config.dvc)
+        pushed = dvc(ctx.workspace, "push", "-r", remote, "--quiet", check=False)  # every data version restorable
+        if pushed.returncode != 0:
+            echo(f"data: warning, dvc push to remote '{remote}' failed; the data stays in the local DVC cache")
+        report_path = ctx.path(out) / "build_report.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        session.set_tags(
+            run_id, {"data_version": version, "raw_version": str(raw["raw_version"]), "dvc.reused": str(reused).lower()}
+        )
+        session.log_params(run_id, {"data_version": version, "raw_version": raw["raw_version"], "dvc_reused": reused})
+        session.log_metrics(run_id, _report_metrics(report))
+        if report_path.exists():
+            session.log_artifact(run_id, report_path)
+        if reused:
+            echo(f"data: unchanged, DVC re-used stage 'build' (data version {version})")
+        else:
+            echo(f"data: built {report.get('records', '?')} records (data version {version})")
+        return {"data_version": version, "reused": reused, "dataset": str(ctx.path(out)), "run_id": run_id}
+
+
+def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for key, value in report.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics[key] = float(value)
+        elif isinstance(value, dict):
+            for sub, count in value.items():
+                if isinstance(count, int | float) and not isinstance(count, bool):
+                    metrics[f"{key}.{sub}"] = float(count)
+    return metrics
+
+
+def validate_stage(ctx: Context, parent: str, echo: Echo = _quiet) -> dict[str, Any]:
+    """``dvc repro validate``: the Great Expectations gate; failure stops the flow with a readable report."""
+    session = connect(ctx)
+    with session.child(parent, "validate") as run_id:
+        result = dvc(ctx.workspace, "repro", "validate", check=False, echo=echo)
+        report_path = ctx.workspace / VALIDATION_REPORT
+        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        if report_path.exists():
+            session.log_artifact(run_id, report_path)
+        docs = ctx.workspace / DATA_DOCS
+        if docs.exists():
+            session.log_artifact(run_id, docs, "data_docs")
+        if report is not None:
+            stats = report.get("statistics", {})
+            session.log_metrics(run_id, {k: float(v) for k, v in stats.items() if isinstance(v, int | float)})
+            session.set_tags(run_id, {"validation.success": str(bool(report.get("success"))).lower()})
+        if result.returncode != 0 or report is None or not report.get("success"):
+            lines = report.get("summary", []) if report else result.output.splitlines()[-8:]
+            raise StageFailed("validate", "\n".join(lines))
+        echo("validate: " + (report.get("summary") or ["passed"])[0])
+        return {"success": True, "report": str(report_path), "run_id": run_id}
+
+
+def connect(ctx: Context) -> TrackingSession:
+    return TrackingSession.connect(ctx.tracking_uri, ctx.config.tracking.experiment, ctx.state.mlflow_artifacts)
+
+
+def reports_dir(ctx: Context) -> Path:
+    return ctx.workspace / REPORTS

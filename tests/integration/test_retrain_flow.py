@@ -1,0 +1,121 @@
+"""`medtune run` end to end: real Prefect (temporary server), DVC (in a git repo), Great Expectations and MLflow
+(SQLite), served by `medtune ui` and read back over its REST API. The network is cut off throughout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import assert_offline, cli_env, medtune
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["data.sources.phantom.subjects=12", "validate.min_records=50"]
+
+
+def _snapshot(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if ".git" not in p.parts}
+
+
+def test_run_twice_tracks_everything_and_reuses_data(make_workspace, serve_ui, netguard) -> None:
+    ws = make_workspace()
+    env = cli_env(netguard)
+
+    first = medtune(["run", *SMALL], ws, env)
+    assert first.returncode == 0, first.output
+    assert "data: built" in first.stdout
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    version = next(o["md5"] for o in lock["stages"]["build"]["outs"] if o["path"] == "data/vlhealth")
+    assert (ws / "data.dvc").exists() and (ws / "data" / "vlhealth" / "records.jsonl").exists()
+
+    second = medtune(["run", *SMALL], ws, env)
+    assert second.returncode == 0, second.output
+    assert "Stage 'build' didn't change, skipping" in second.stdout
+    assert f"data: unchanged, DVC re-used stage 'build' (data version {version})" in second.stdout
+
+    ui = serve_ui(ws)
+    exp = ui.get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=retrain")["experiment"]
+    runs = ui.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})
+    runs = runs["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [(r, t) for r, t in zip(runs, tags, strict=True) if t.get("medtune.flow") == "retrain"]
+    assert len(parents) == 2
+    for parent, ptags in parents:
+        assert parent["info"]["status"] == "FINISHED"
+        assert ptags["data_version"] == version
+        assert len(ptags["git_commit"]) == 40
+        assert len(ptags["config_hash"]) == 12
+        children = {
+            t["mlflow.runName"]: r
+            for r, t in zip(runs, tags, strict=True)
+            if t.get("mlflow.parentRunId") == parent["info"]["run_id"]
+        }
+        assert set(children) == {"data", "validate"}
+        data_tags = {t["key"]: t["value"] for t in children["data"]["data"]["tags"]}
+        assert data_tags["data_version"] == version
+        files = ui.get(f"/api/2.0/mlflow/artifacts/list?run_id={children['validate']['info']['run_id']}")
+        names = {f["path"] for f in files.get("files", [])}
+        assert "validation.json" in names and "data_docs" in names
+    reused = sorted(t["dvc.reused"] for r, t in zip(runs, tags, strict=True) if t.get("mlflow.runName") == "data")
+    assert reused == ["false", "true"]
+    assert_offline(netguard)
+
+
+def test_misspelt_key_exits_2_and_writes_nothing(make_workspace, netguard) -> None:
+    ws = make_workspace()
+    before = _snapshot(ws)
+    r = medtune(["run", "data.soruces.phantom.subjects=3"], ws, cli_env(netguard))
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "data.soruces: unknown key" in lines[0]
+    assert _snapshot(ws) == before
+
+
+def test_bad_config_file_key_exits_2(make_workspace, netguard, tmp_path: Path) -> None:
+    ws = make_workspace()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: {ws / 'configs' / 'default.yaml'}\ndata:\n  wrokers: 2\n")
+    r = medtune(["run", "--config", str(bad)], ws, cli_env(netguard))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "config error: data.wrokers: unknown key; "
+        "allowed keys: raw, out, sources, image, splits, deid, on_error, workers"
+    ]
+
+
+def test_failed_validation_stops_the_flow(make_workspace, serve_ui, netguard) -> None:
+    ws = make_workspace()
+    r = medtune(["run", "data.sources.phantom.subjects=4", "validate.min_records=100000"], ws, cli_env(netguard))
+    assert r.returncode == 1, r.output
+    assert "stage 'validate' failed" in r.stderr
+    assert "expect_table_row_count_to_be_between" in r.stderr
+    report = json.loads((ws / "reports" / "validation.json").read_text())
+    assert report["success"] is False
+    ui = serve_ui(ws)
+    exp = ui.get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=retrain")["experiment"]
+    runs = ui.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    status = {r["info"]["run_name"]: r["info"]["status"] for r in runs}
+    assert status == {"retrain": "FAILED", "data": "FINISHED", "validate": "FAILED"}
+    assert_offline(netguard)
+
+
+def test_data_validate_names_failed_expectations_and_rows(make_workspace, netguard) -> None:
+    ws = make_workspace()
+    env = cli_env(netguard)
+    built = medtune(["data", "build", "data.sources.phantom.subjects=4", "--no-progress"], ws, env)
+    assert built.returncode == 0, built.output
+    records = (ws / "data" / "vlhealth" / "records.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in records]
+    rows[1]["conversations"] = rows[1]["conversations"][:1]  # missing answer
+    rows[4]["modality"] = "PET"  # unknown modality
+    broken = ws / "data" / "vlhealth" / "broken.jsonl"
+    broken.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    r = medtune(["data", "validate", "--records", str(broken), "validate.min_records=1"], ws, env)
+    assert r.returncode == 1, r.output
+    assert "modality" in r.output and rows[4]["id"] in r.output and "PET" in r.output
+    assert rows[1]["id"] in r.output
+    assert_offline(netguard)
