@@ -26,8 +26,8 @@ from rich.console import Console
 from components.config import ConfigError
 from components.runtime import WorkspaceError
 
-console = Console(stderr=False, highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     name="medtune",
