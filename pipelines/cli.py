@@ -104,12 +104,14 @@ def data_build(
     ctx = _context(config, overrides)
     from components.data.build import build_dataset
     from components.data.deid import load_deid_key
-
     from components.data.sources import DataError
 
     cfg = ctx.config.data
     target = out or ctx.path(cfg.out)
-    key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
+    try:
+        key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
+    except ValueError as e:
+        raise _fail(2, f"config error: data.deid: {e}") from None
     with _progress(progress) as report_progress:
         try:
             report = build_dataset(
@@ -126,14 +128,18 @@ def data_build(
                 deid_key=key,
                 seed=ctx.config.seed,
                 progress=report_progress,
+                max_date_shift_days=cfg.deid.max_date_shift_days,
             )
         except DataError as e:
             raise _fail(1, f"data build failed: {e}") from None
     summary = report.to_json()
-    console.print(
-        f"built {summary.get('records')} records into {target} "
-        f"({summary.get('quarantined_count', len(summary.get('quarantined', [])))} quarantined)"
-    )
+    quarantined = summary.get("quarantined", [])
+    skipped = ", inputs unchanged: kept the previous build" if summary.get("skipped") else ""
+    console.print(f"built {summary.get('records')} records into {target}, {len(quarantined)} quarantined{skipped}")
+    for item in quarantined[:20]:
+        err.print(f"  quarantined {item['source']}: {item['key']}: {item['reason']}", markup=False)
+    if len(quarantined) > 20:
+        err.print(f"  ... and {len(quarantined) - 20} more (see build_report.json)", markup=False)
 
 
 @data_app.command("validate")

@@ -59,7 +59,9 @@ def prepare_raw(ctx: Context, echo: Echo = _quiet) -> dict[str, Any]:
     status = dvc(ctx.workspace, "status", RAW_DVC_FILE, check=False)
     changed = before is None or "changed" in status.output or "modified" in status.output
     if changed:
-        dvc(ctx.workspace, "add", ctx.config.data.raw, "--file", RAW_DVC_FILE, "--quiet")
+        if not dvc_file.exists():  # DVC 3 names add's output <path>.dvc; medtune keeps data.dvc (DESIGN.md)
+            dvc_file.write_text(f"outs:\n- path: {ctx.config.data.raw}\n")
+        dvc(ctx.workspace, "commit", "--force", "--quiet", RAW_DVC_FILE)
     version = tracked_hash(ctx.workspace, RAW_DVC_FILE)
     if changed and before != version:
         echo(f"raw data: recorded version {version} in {RAW_DVC_FILE} (was {before})")

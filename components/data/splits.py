@@ -31,9 +31,7 @@ def check_ratios(ratios: tuple[float, float, float]) -> None:
         raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
 
 
-def assign_splits(
-    weights: Mapping[str, int], ratios: tuple[float, float, float], seed: int
-) -> dict[str, str]:
+def assign_splits(weights: Mapping[str, int], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
     """Map every group in ``weights`` (group -> number of records) to 'train', 'val' or 'test'."""
     check_ratios(ratios)
     order = sorted(weights, key=lambda g: (_position(g, seed), g))

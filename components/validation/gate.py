@@ -130,9 +130,7 @@ def _headline_from_dict(data: dict[str, Any]) -> str:
     return Failure(**fields, samples=samples).headline()
 
 
-def _run_suite(
-    df: pd.DataFrame, checks: list[Check], docs_dir: Path | None, run_name: str
-) -> tuple[Any, Path | None]:
+def _run_suite(df: pd.DataFrame, checks: list[Check], docs_dir: Path | None, run_name: str) -> tuple[Any, Path | None]:
     """Validate ``df`` in an ephemeral GE context; render Data Docs when ``docs_dir`` is given."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -143,7 +141,9 @@ def _run_suite(
     if docs_dir is not None:
         docs.add_local_site(ctx, docs_dir)
     batch_def = (
-        ctx.data_sources.add_pandas("medtune").add_dataframe_asset(ASSET_NAME).add_batch_definition_whole_dataframe("all")
+        ctx.data_sources.add_pandas("medtune")
+        .add_dataframe_asset(ASSET_NAME)
+        .add_batch_definition_whole_dataframe("all")
     )
     suite = ctx.suites.add(build_suite(checks))
     definition = ctx.validation_definitions.add(gx.ValidationDefinition(name="gate", data=batch_def, suite=suite))

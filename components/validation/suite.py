@@ -73,9 +73,7 @@ def _split_ratio_checks(split_ratios: tuple[float, float, float], tolerance: flo
     return checks
 
 
-def build_checks(
-    *, split_ratios: tuple[float, float, float], split_tolerance: float, min_records: int
-) -> list[Check]:
+def build_checks(*, split_ratios: tuple[float, float, float], split_tolerance: float, min_records: int) -> list[Check]:
     """The checks in report order. Ratios are per split (train, val, test); tolerance is absolute."""
     if len(split_ratios) != len(SPLITS) or any(r < 0 for r in split_ratios):
         raise ValueError(f"split_ratios must be {len(SPLITS)} non-negative fractions, got {split_ratios!r}")

@@ -11,7 +11,8 @@ Each human/gpt pair becomes one sample (uid ``<id>-<pair index>``); the ``<image
 question (the builder puts it back in front). ``modality``/``body_part`` come from the record when present
 (mapped onto the allowed modalities: "Computed Tomography" -> CT, "X-Ray" -> X-ray ...; unknown -> other), else
 from the config. ``group`` is the image path, unless the record carries one of ``group_fields`` (a patient or
-study id): then a keyed pseudonym of it (HMAC-SHA256 with the build's de-identification key), never the raw id.
+study id): then its keyed pseudonym (:func:`components.data.deid.pseudonym`, the same ``pt-...`` a DICOM
+source gives that patient id), never the raw id.
 
 ``record_kind`` sets the record kind: ``vqa_open`` by default (free-text answers are what these files hold);
 ``caption`` for captioning/alignment data; ``auto`` makes a pair whose answer is yes/no ``vqa_closed`` and the rest
@@ -34,13 +35,11 @@ Configure (paths relative to the workspace root, or absolute)::
         record_kind: vqa_open
 
 This module also holds the small manifest helpers the other JSON readers share (``resolve_config_path``,
-``load_json_manifest``, ``normalise_modality``, ``pseudonym``).
+``load_json_manifest``, ``missing_fields``, ``normalise_modality``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.data.deid import pseudonym
 from components.data.records import IMAGE_TOKEN, MODALITIES
 from components.data.sources.base import (
     DataError,
@@ -125,11 +125,6 @@ def missing_fields(row: object, required: tuple[str, ...]) -> list[str]:
     if not isinstance(row, dict):
         return list(required)
     return [k for k in required if row.get(k) is None or (isinstance(row.get(k), str) and not row[k].strip())]
-
-
-def pseudonym(key: bytes, value: str) -> str:
-    """A keyed, stable pseudonym for an identifier that may be patient data (HMAC-SHA256, 16 hex digits)."""
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
 # --- the llava_json source ---------------------------------------------------------------------------------
@@ -219,7 +214,7 @@ def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[
         group = image
         for name in cfg.group_fields:
             if row.get(name) not in (None, ""):
-                group = f"g-{pseudonym(ctx.deid_key, str(row[name]))}"
+                group = pseudonym(ctx.deid_key, str(row[name]))
                 break
         features = {"task": "comprehension", "modality": modality, "body_part": body_part}
         if cfg.site:

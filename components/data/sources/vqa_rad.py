@@ -20,7 +20,7 @@ Modality: the JSON has no modality field, so it is derived per image, in this or
   3. the release Readme (section 4.1) describes the selection as "104 head axial CTs or MRIs, 107 chest x-rays,
      and 104 abdominal axial CTs", so chest -> X-ray and abdomen -> CT unless QA evidence clearly names another
      modality; a head image takes the best-supported of CT and MRI, or the other one when one is denied;
-  4. a head image with no evidence either way stays ``other`` (about 40 of 103 head images) -- no guessing.
+  4. a head image with no evidence either way stays ``other`` (40 of the 103 head images) -- no guessing.
 ``meta["modality_from"]`` says which rule decided (qa | readme | none).
 
 Bad input: unparsable JSON -> DataError naming the file, line and column; an empty list -> DataError; a row
@@ -193,20 +193,21 @@ def read_vqa_rad(cfg: VqaRadSourceConfig, ctx: SourceContext) -> Iterator[Source
             good.append((index, row))
 
     modalities = infer_modalities([row for _, row in good])
-    checked: dict[str, Path | str] = {}  # image name -> resolved path, or the reason it is refused
+    found: dict[str, Path] = {}  # image name -> checked path (2,248 rows share 314 images)
     for index, row in good:
         qid, image = str(row["qid"]).strip(), str(row["image_name"])
         where = f"{manifest.name} row {index} (qid {qid})"
-        if image not in checked:
+        if image not in found:
             try:
-                path = safe_path(folder, image, what=f"{manifest.name} image_name")
-                checked[image] = path if path.is_file() else f"image {image!r} not found in {folder}"
+                path = safe_path(folder, image, what=f"{where} image_name")
             except DataError as exc:
-                checked[image] = f"refused: {exc}"
-        resolved = checked[image]
-        if isinstance(resolved, str):
-            yield Quarantined(f"q{qid}", f"{where}: {resolved}")
-            continue
+                yield Quarantined(f"q{qid}", f"refused: {exc}")
+                continue
+            if not path.is_file():
+                yield Quarantined(f"q{qid}", f"{where}: image {image!r} not found in {folder}")
+                continue
+            found[image] = path
+        resolved = found[image]
         organ = str(row.get("image_organ", "")).strip().upper()
         body_part = ORGANS.get(organ, organ.lower() or "unknown")
         modality, modality_from = modalities[image]
