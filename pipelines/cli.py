@@ -108,6 +108,12 @@ def data_build(
 
     cfg = ctx.config.data
     target = out or ctx.path(cfg.out)
+    raw = ctx.path(cfg.raw)
+    if not raw.exists():  # a fresh workspace: the embedded default's raw data (`medtune data pull` gets a team's)
+        from components.data.samples import materialize_embedded_raw
+
+        placed = materialize_embedded_raw(raw)
+        console.print(f"{cfg.raw} was missing: placed {len(placed)} embedded sample files there")
     try:
         key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
     except ValueError as e:
