@@ -295,9 +295,14 @@ def _check(s: SourceSample, seen: set[str]) -> str | None:
         return "empty question or answer"
     if not s.group:
         return "empty group"
-    hits = sorted(set(find_phi(s.question)) | set(find_phi(s.answer)))
+    # the same text fields the validation gate scans (components/validation/frame.py), so a record the builder
+    # writes never fails the gate's PHI expectation
+    fields = [("question", s.question), ("answer", s.answer), ("body_part", s.body_part)]
+    for section, values in (("meta", s.meta), ("features", s.features)):
+        fields += [(f"{section}.{k}", v) for k, v in values.items() if isinstance(v, str)]
+    hits = [f"{name}: {', '.join(found)}" for name, text in fields if (found := find_phi(text))]
     if hits:
-        return f"question/answer matches PHI pattern(s) {', '.join(hits)}; not written"
+        return f"PHI pattern in {'; '.join(hits)}; not written"
     return None
 
 

@@ -196,3 +196,23 @@ def test_bad_arguments_and_unknown_kind(tmp_path: Path) -> None:
     (tmp_path / "r.jsonl").write_text('{"id": 1}\n')
     with pytest.raises(DataError, match=r"r.jsonl:1"):
         load_records(tmp_path / "r.jsonl")
+
+
+def test_free_text_phi_is_quarantined_by_field_never_written(tmp_path: Path, list_source: Callable) -> None:
+    px = (np.arange(64 * 64) % 253).astype(np.uint8).reshape(64, 64)
+
+    def texts(ctx: SourceContext) -> Iterator[SourceSample]:
+        yield sample("clean", px)
+        yield sample("q", px, question="Patient Doe^Jane: is there an effusion?")
+        yield sample("m", px, meta={"note": "seen 03/04/2019"})
+        yield sample("f", px, features={"site": "MRN 12345678"})
+
+    report = build({"s": list_source("texts", texts)}, tmp_path / "ds", tmp_path)
+    assert [r.id for r in load_records(tmp_path / "ds")] == ["s/clean"]
+    reasons = {q["key"]: q["reason"] for q in report.to_json()["quarantined"]}
+    assert "question: dicom_name" in " ".join(reasons.values())
+    assert "meta.note: date" in " ".join(reasons.values())
+    assert "features.site: mrn" in " ".join(reasons.values())
+    written = b"".join(p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file())
+    for leak in (b"Doe^Jane", b"03/04/2019", b"12345678"):
+        assert leak not in written
