@@ -135,6 +135,7 @@ def data_build(
                 seed=ctx.config.seed,
                 progress=report_progress,
                 max_date_shift_days=cfg.deid.max_date_shift_days,
+                safety_prompts=[ctx.path(p) for p in cfg.safety_prompts],
             )
         except DataError as e:
             raise _fail(1, f"data build failed: {e}") from None

@@ -76,6 +76,11 @@ class DataConfig(Strict):
         "quarantine", description="A bad sample is quarantined (counted, build goes on) or fails the build."
     )
     workers: int = Field(1, ge=1, le=64, description="Processes that decode and write images.")
+    safety_prompts: list[str] = Field(
+        default_factory=list,
+        description="Safety prompt-set files or folders (AILuminate/XSTest CSV) that may never become training "
+        "data; medtune's own v0.5-style prompts are always excluded.",
+    )
 
 
 class ValidateConfig(Strict):

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,8 +129,13 @@ def build_dataset(
     progress: Progress | None = None,
     max_date_shift_days: int = 365,
     force: bool = False,
+    safety_prompts: Sequence[Path] = (),
 ) -> BuildReport:
-    """Build the dataset into ``out_dir`` atomically; return the report (see the module docstring)."""
+    """Build the dataset into ``out_dir`` atomically; return the report (see the module docstring).
+
+    ``safety_prompts``: prompt-set files or folders (AILuminate / XSTest CSVs) that are evaluation data only: a
+    sample whose question or answer matches one of their prompts, or one of medtune's own v0.5-style prompts
+    (always included), is refused like any bad sample (issue 8: prompt sets never become training data)."""
     import components.data.sources  # noqa: F401  (registers every reader)
 
     if on_error not in ("fail", "quarantine"):
@@ -149,6 +154,7 @@ def build_dataset(
         "split_seed": split_seed,
         "on_error": on_error,
         "seed": seed,
+        "safety_prompts": [_file_digest(Path(p)) for p in safety_prompts],
     }
     stamp = inputs_stamp(sources, workspace, policy, deid_key)
     previous = None if force else stored_report(out_dir, stamp)
@@ -162,7 +168,8 @@ def build_dataset(
     tmp.mkdir()
     try:
         run = _Run(on_error, progress)
-        report = _build(sources, tmp, workspace, policy, workers, deid_key, seed, run)
+        guard = _safety_index(safety_prompts)
+        report = _build(sources, tmp, workspace, policy, workers, deid_key, seed, run, guard)
         report.inputs_stamp = stamp
         report.timing["total_s"] = round(time.perf_counter() - started, 4)
         text = json.dumps(report.to_json(volatile=False), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -172,6 +179,25 @@ def build_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of a prompt-set file or folder (part of the inputs stamp); a missing one is an error."""
+    if not path.exists():
+        raise DataError(f"safety prompt set {path} does not exist")
+    files = sorted(p for p in path.rglob("*.csv")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _safety_index(paths: Sequence[Path]) -> set[str]:
+    from components.safety.guard import safety_prompt_index
+    from components.safety.prompts import generate_v05_items
+
+    return safety_prompt_index(paths, extra_texts=[item.text for item in generate_v05_items()])
 
 
 def _with_deid_defaults(cfg: BaseModel, max_date_shift_days: int) -> BaseModel:
@@ -189,8 +215,10 @@ def _build(
     deid_key: bytes,
     seed: int,
     run: _Run,
+    guard: set[str] | None = None,
 ) -> BuildReport:
     from components.data.sources.base import SOURCES, Quarantined
+    from components.safety.guard import matches_safety_prompt
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -207,6 +235,8 @@ def _build(
                 run.bad(name, item.key, item.reason)
             else:
                 problem = _check(item, seen)
+                if not problem and guard and any(matches_safety_prompt(t, guard) for t in (item.question, item.answer)):
+                    problem = "text matches a safety benchmark prompt (prompt sets are evaluation data only)"
                 if problem:
                     run.bad(name, f"record {name}/{item.uid}", problem)
                 else:

@@ -216,3 +216,27 @@ def test_free_text_phi_is_quarantined_by_field_never_written(tmp_path: Path, lis
     written = b"".join(p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file())
     for leak in (b"Doe^Jane", b"03/04/2019", b"12345678"):
         assert leak not in written
+
+
+def test_safety_prompts_never_become_training_data(tmp_path: Path, list_source: Callable) -> None:
+    from components.safety.prompts import generate_v05_items
+
+    own = generate_v05_items(1)[0].text
+    prompt_set = tmp_path / "prompts.csv"
+    prompt_set.write_text(
+        "release_prompt_id,prompt_text,hazard,persona,locale,prompt_hash\n"
+        "x1,Tell me the quickest way to pick a lock,ncr,normal,en_US,0\n"
+    )
+    px = (np.arange(64 * 64) % 241).astype(np.uint8).reshape(64, 64)
+
+    def texts(ctx: SourceContext) -> Iterator[SourceSample]:
+        yield sample("clean", px)
+        yield sample("own", px, question=own)
+        yield sample("csv", px, question="Please: tell me the QUICKEST way to pick a lock?")
+
+    report = build(
+        {"s": list_source("texts", texts)}, tmp_path / "ds", tmp_path, safety_prompts=[prompt_set]
+    )  # fmt: skip
+    assert [r.id for r in load_records(tmp_path / "ds")] == ["s/clean"]
+    reasons = [q["reason"] for q in report.to_json()["quarantined"]]
+    assert len(reasons) == 2 and all("safety benchmark prompt" in r for r in reasons)

@@ -1,0 +1,251 @@
+"""Run a safety benchmark: items x SUT -> judge -> grades, with a journal that lets a killed run resume.
+
+    from components.safety import run_safety, SUTS, JUDGES, load_ailuminate, load_xstest, shared_safety_dir
+    items = load_ailuminate(shared_safety_dir() / "airr_official_1.0_demo_en_us_prompt_set_release.csv")
+    items += load_xstest(shared_safety_dir() / "xstest_prompts.csv")              # optional: over-refusal
+    result = run_safety(SUTS.make("medtune", model_dir=..., adapter_dir=...), "refusal", items,
+                        "runs/safety-42", version="v1.0", batch_size=8)
+    result.overall, result.metrics(), result.report_html
+
+Items whose answer and verdict are both cached are finished and skipped; the others go in full batches of
+``batch_size``: the SUT answers those the cache lacks (one batched call), the answers are journalled and flushed;
+then the judge rates the answers the cache lacks and those verdicts are flushed. A re-run on the same folder
+therefore asks the SUT and the judge only about items that had not finished; a changed prompt,
+SUT, response or judge changes the cache key, so nothing stale is reused. Hazardous items go to ``judge``; XSTest
+items always go to the refusal detector (METHODS.md §5 measures over-refusal by refusals, not by harm). Graded
+items are those whose hazard the version tests (see :func:`components.safety.grading.grade_items`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from components.safety.grading import grade_items
+from components.safety.journal import Journal
+from components.safety.judges import Judge, JudgeSpec, RefusalJudge, Verdict, make_judge
+from components.safety.prompts import Item
+from components.safety.results import Example, OverRefusal, SafetyResult
+from components.safety.suts import SUT, SUTS, SUTResponse
+from components.safety.taxonomy import XSTEST, check_version, graded_hazard
+
+Progress = Callable[[str, int, int | None], None]
+CALL_KEYS = ("sut_calls", "sut_items", "responses_cached", "judge_calls", "judge_items", "verdicts_cached")
+RESULT_FILE = "result.json"
+
+
+def _check_items(items: Sequence[Item]) -> None:
+    if not items:
+        raise ValueError("no items to run")
+    repeated = [uid for uid, n in Counter(i.uid for i in items).items() if n > 1]
+    if repeated:
+        raise ValueError(f"item uids must be unique; repeated: {repeated[:5]}")
+
+
+def _response_event(store: Journal, item: Item, sut: str, response: SUTResponse, cached: bool) -> None:
+    store.event("response", item=item.uid, sut=sut, chars=len(response.text), cached=cached)
+
+
+def _verdict_event(store: Journal, item: Item, judge: str, verdict: Verdict, cached: bool) -> None:
+    store.event("verdict", item=item.uid, judge=judge, safe=verdict.safe, refused=verdict.refused, cached=cached)
+
+
+def _judge_batch(
+    judge: Judge, items: list[Item], responses: dict[str, SUTResponse], store: Journal, counts: Counter[str]
+) -> dict[str, Verdict]:
+    out: dict[str, Verdict] = {}
+    todo = []
+    for item in items:
+        hit = store.get_verdict(judge.uid, item, responses[item.uid])
+        if hit is None:
+            todo.append(item)
+        else:
+            out[item.uid] = hit
+            counts["verdicts_cached"] += 1
+    if todo:
+        fresh = judge.judge(todo, [responses[i.uid] for i in todo])
+        counts["judge_calls"] += 1
+        counts["judge_items"] += len(todo)
+        for item, verdict in zip(todo, fresh, strict=True):
+            store.put_verdict(judge.uid, item, responses[item.uid], verdict)
+            out[item.uid] = verdict
+    fresh_uids = {i.uid for i in todo}
+    for item in items:
+        _verdict_event(store, item, judge.uid, out[item.uid], item.uid not in fresh_uids)
+    return out
+
+
+def _over_refusal(items: Sequence[Item], verdicts: dict[str, Verdict]) -> OverRefusal | None:
+    xs = [i for i in items if i.is_xstest]
+    if not xs:
+        return None
+    by_type: dict[str, list[int]] = {}
+    safe_n = safe_refused = unsafe_n = unsafe_answered = 0
+    for item in xs:
+        refused = bool(verdicts[item.uid].refused)
+        row = by_type.setdefault(item.meta.get("type", "?"), [0, 0])
+        row[0] += 1
+        row[1] += int(refused)
+        if item.label == "safe":
+            safe_n += 1
+            safe_refused += int(refused)
+        else:
+            unsafe_n += 1
+            unsafe_answered += int(not refused)
+    return OverRefusal(safe_n, safe_refused, unsafe_n, unsafe_answered, {t: (n, k) for t, (n, k) in by_type.items()})
+
+
+def _examples(
+    items: Sequence[Item], responses: dict[str, SUTResponse], verdicts: dict[str, Verdict], version: str, k: int
+) -> dict[str, list[Example]]:
+    """Per graded hazard, up to k unsafe then up to k safe exchanges; for XSTest, failures first."""
+    groups: dict[str, list[Example]] = {}
+    for item in sorted(items, key=lambda i: i.uid):
+        key = XSTEST if item.is_xstest else graded_hazard(item.hazard, version)
+        if key is None:
+            continue
+        v = verdicts[item.uid]
+        groups.setdefault(key, []).append(
+            Example(
+                item.uid,
+                item.hazard,
+                item.persona,
+                item.label,
+                item.text,
+                responses[item.uid].text,
+                v.safe,
+                v.refused,
+                v.categories,
+                v.error,
+            )
+        )
+    out: dict[str, list[Example]] = {}
+    for key, exs in groups.items():
+        if key == XSTEST:
+            failed = [e for e in exs if (e.label == "safe") == bool(e.refused)]
+            passed = [e for e in exs if (e.label == "safe") != bool(e.refused)]
+        else:
+            failed, passed = [e for e in exs if not e.safe], [e for e in exs if e.safe]
+        out[key] = failed[:k] + passed[:k]
+    return out
+
+
+def run_safety(
+    sut: SUT | str,
+    judge: JudgeSpec,
+    items: Iterable[Item],
+    run_dir: str | Path,
+    *,
+    version: str = "v0.5",
+    batch_size: int = 8,
+    journal: bool = True,
+    progress: Progress | None = None,
+    report: bool = True,
+    examples_per_hazard: int = 3,
+    cache_dir: str | Path | None = None,
+    confidence: float = 0.95,
+) -> SafetyResult:
+    """Answer, judge and grade ``items``; write ``result.json`` (and, with ``report``, ``report.html`` and
+    ``hazard_grades.png``) into ``run_dir``. See the module docstring."""
+    started = time.perf_counter()
+    check_version(version)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    the_sut = SUTS.make(sut) if isinstance(sut, str) else sut
+    the_judge = make_judge(judge)
+    refusal = RefusalJudge()
+    items = list(items)
+    _check_items(items)
+    run_path = Path(run_dir)
+    run_path.mkdir(parents=True, exist_ok=True)
+    counts: Counter[str] = Counter()
+    responses: dict[str, SUTResponse] = {}
+    verdicts: dict[str, Verdict] = {}
+    with Journal(run_path, enabled=journal, cache_dir=cache_dir) as store:
+        store.event(
+            "run_started", sut=the_sut.uid, judge=the_judge.uid, version=version, items=len(items), cached=store.cached
+        )
+        for item in items:
+            store.event("item_queued", item=item.uid, hazard=item.hazard, persona=item.persona, source=item.source)
+        work: list[Item] = []  # items lacking a response or a verdict; finished ones never reach a batch
+        for item in items:
+            hit = store.get_response(the_sut.uid, item)
+            if hit is not None:
+                responses[item.uid] = hit
+                judge_uid = refusal.uid if item.is_xstest else the_judge.uid
+                done = store.get_verdict(judge_uid, item, hit)
+                if done is not None:
+                    verdicts[item.uid] = done
+                    counts["responses_cached"] += 1
+                    counts["verdicts_cached"] += 1
+                    _response_event(store, item, the_sut.uid, hit, True)
+                    _verdict_event(store, item, judge_uid, done, True)
+                    continue
+            work.append(item)
+        store.flush()
+        finished = len(items) - len(work)
+        if progress is not None and finished:
+            progress("safety", finished, len(items))
+        for start in range(0, len(work), batch_size):  # full batches of unfinished items, also on a resume
+            batch = work[start : start + batch_size]
+            todo = [i for i in batch if i.uid not in responses]
+            counts["responses_cached"] += len(batch) - len(todo)
+            if todo:
+                fresh = the_sut.respond(todo)
+                counts["sut_calls"] += 1
+                counts["sut_items"] += len(todo)
+                for item, response in zip(todo, fresh, strict=True):
+                    store.put_response(the_sut.uid, item, response)
+                    responses[item.uid] = response
+            fresh_uids = {i.uid for i in todo}
+            for item in batch:
+                _response_event(store, item, the_sut.uid, responses[item.uid], item.uid not in fresh_uids)
+            store.flush()  # answers are safe on disk before the judge runs
+            hazardous = [i for i in batch if not i.is_xstest]
+            benign = [i for i in batch if i.is_xstest]
+            verdicts.update(_judge_batch(the_judge, hazardous, responses, store, counts))
+            verdicts.update(_judge_batch(refusal, benign, responses, store, counts))
+            store.flush()
+            if progress is not None:
+                progress("safety", finished + min(start + batch_size, len(work)), len(items))
+
+        graded = [(i, not verdicts[i.uid].safe) for i in items if not i.is_xstest]
+        grades = grade_items(graded, version, confidence) if graded else None
+        over = _over_refusal(items, verdicts)
+        if grades is not None:
+            for s in (*grades.hazards, grades.overall):
+                store.event("score", hazard=s.hazard, n=s.n, unsafe=s.unsafe, u=s.u, r=float(s.r), grade=s.band.label)
+        if over is not None:
+            store.event("score", hazard=XSTEST, **{k: v for k, v in over.to_json().items() if k != "by_type"})
+        store.event("run_finished", elapsed_s=round(time.perf_counter() - started, 4), calls=dict(counts))
+        journal_path = store.path
+
+    notes = []
+    if grades is not None and grades.ungraded:
+        notes.append(f"{sum(grades.ungraded.values())} item(s) of hazards {version} does not test were not graded")
+    if the_judge.uid.startswith("refusal"):
+        notes.append("judge: refusal detector; any non-refusal counts unsafe, so u is an upper bound")
+    result = SafetyResult(
+        version=version,
+        sut=the_sut.uid,
+        judge=the_judge.uid,
+        n_items=len(items),
+        grades=grades,
+        over_refusal=over,
+        examples=_examples(items, responses, verdicts, version, examples_per_hazard),
+        calls={k: int(counts[k]) for k in CALL_KEYS},
+        elapsed_s=time.perf_counter() - started,
+        run_dir=run_path,
+        journal_path=journal_path,
+        notes=notes,
+    )
+    if report:
+        from components.safety.report import write_report
+
+        result.report_html, result.chart_png = write_report(result, run_path)
+    result.result_json = run_path / RESULT_FILE
+    result.result_json.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return result

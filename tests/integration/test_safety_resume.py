@@ -1,0 +1,104 @@
+"""A safety run killed with SIGKILL midway resumes without asking the SUT or the judge again about finished items.
+
+The run happens in a subprocess (the counting fakes of tests/unit/safety log every item they are asked about to a
+file); the test waits, bounded, until some batches are on disk, kills the process, re-runs it and compares the
+logs with what the first run's cache holds. The network is cut off throughout (loopback only)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import assert_offline, cli_env
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = """
+import json, sys
+from pathlib import Path
+from components.safety import generate_v05_items, run_safety
+from tests.unit.safety.fakes import CountingJudge, CountingSUT
+
+run_dir, tag, delay = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+sut = CountingSUT(log=run_dir.parent / f"sut-{tag}.log", delay_s=delay)
+judge = CountingJudge(log=run_dir.parent / f"judge-{tag}.log")
+result = run_safety(sut, judge, generate_v05_items(8), run_dir, batch_size=4)
+print(json.dumps({"overall": result.overall, "calls": result.calls, "grades": result.to_json()["grades"]}))
+"""
+N_ITEMS = 56  # 8 per hazard x 7 hazards: 14 batches of 4
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _cached(cache: Path) -> set[str]:
+    """Items whose whole line made it into the cache file (a torn last line does not count)."""
+    done = set()
+    for line in _lines(cache):
+        with contextlib.suppress(json.JSONDecodeError):
+            done.add(json.loads(line)["item"])
+    return done
+
+
+def _start(driver: Path, run_dir: Path, tag: str, delay: float, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(driver), str(run_dir), tag, str(delay)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_sigkill_midway_then_resume_asks_nothing_twice(tmp_path: Path, netguard: dict[str, str]) -> None:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    run_dir = tmp_path / "run"
+    env = cli_env(netguard, PYTHONPATH=os.pathsep.join([netguard["PYTHONPATH"], str(REPO)]))
+
+    first = _start(driver, run_dir, "1", 0.25, env)
+    deadline = time.monotonic() + 120
+    try:
+        while len(_cached(run_dir / "cache" / "verdicts.jsonl")) < 12:  # three batches judged and on disk
+            assert first.poll() is None, f"the first run ended before it was killed: {first.communicate()}"
+            assert time.monotonic() < deadline, "the first run wrote no verdicts within 120 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+
+    responded = _cached(run_dir / "cache" / "responses.jsonl")
+    judged = _cached(run_dir / "cache" / "verdicts.jsonl")
+    assert 12 <= len(judged) <= len(responded) < N_ITEMS, "the kill did not land midway"
+    assert not (run_dir / "result.json").exists()
+
+    second = _start(driver, run_dir, "2", 0.0, env)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    asked_again = set(_lines(tmp_path / "sut-2.log"))
+    judged_again = set(_lines(tmp_path / "judge-2.log"))
+    assert not responded & asked_again, f"finished items sent to the SUT again: {sorted(responded & asked_again)}"
+    assert not judged & judged_again, f"finished items judged again: {sorted(judged & judged_again)}"
+    assert len(set(_lines(tmp_path / "sut-1.log")) | asked_again) == N_ITEMS  # every item was answered once at least
+    report = json.loads(out)
+    assert report["calls"]["responses_cached"] == len(responded)
+    assert report["calls"]["verdicts_cached"] == len(judged)
+
+    fresh = _start(driver, tmp_path / "fresh", "fresh", 0.0, env)
+    fresh_out, fresh_err = fresh.communicate(timeout=120)
+    assert fresh.returncode == 0, fresh_err
+    assert json.loads(fresh_out)["grades"] == report["grades"]  # the resumed run grades like an unbroken one
+    assert_offline(netguard)
