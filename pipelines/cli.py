@@ -213,6 +213,51 @@ def _remote_command(verb: str, config: Path | None, overrides: list[str] | None)
 
 
 @app.command()
+def safety(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    sut: Annotated[str, typer.Option(help="System under test: medtune, openai, refuse_all, comply_all.")] = "medtune",
+    sut_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sut-arg", help="SUT setting KEY=VALUE, e.g. model_dir=runs/x/model adapter_dir=runs/x/adapter."
+        ),
+    ] = None,
+) -> None:
+    """Run the safety benchmark (MLCommons v0.5 / AILuminate v1.0 grading) on any SUT; grades go to MLflow."""
+    ctx = _context(config, overrides)
+    import yaml
+
+    from components.safety import SUTS
+    from pipelines.stages import StageFailed, connect, safety_stage
+
+    kwargs: dict[str, Any] = {}
+    for item in sut_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(2, f"error: --sut-arg {item!r}: expected KEY=VALUE")
+        kwargs[key] = yaml.safe_load(value)
+    if sut == "medtune":
+        kwargs.setdefault("max_new_tokens", ctx.config.safety.max_new_tokens)
+    try:
+        instance = SUTS.make(sut, **kwargs)
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
+        raise _fail(2, f"error: SUT {sut!r}: {e}") from None
+    session = connect(ctx, "safety")
+    parent = session.start_run("safety", tags={"medtune.flow": "safety", "config_hash": ctx.config_hash})
+    try:
+        ref = safety_stage(ctx, parent, console.print, sut=instance, experiment="safety")
+    except StageFailed as e:
+        session.finish(parent, failed=True)
+        raise _fail(1, str(e)) from None
+    except BaseException:
+        session.finish(parent, failed=True)
+        raise
+    session.finish(parent)
+    console.print(f"safety grade {ref['overall']}: MLflow run {parent} (experiment 'safety')")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     host: Annotated[

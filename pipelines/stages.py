@@ -138,9 +138,54 @@ def validate_stage(ctx: Context, parent: str, echo: Echo = _quiet) -> dict[str, 
         return {"success": True, "report": str(report_path), "run_id": run_id}
 
 
-def connect(ctx: Context) -> TrackingSession:
-    return TrackingSession.connect(ctx.tracking_uri, ctx.config.tracking.experiment, ctx.state.mlflow_artifacts)
+def connect(ctx: Context, experiment: str | None = None) -> TrackingSession:
+    """The tracking session of the retrain experiment (or another flow's experiment)."""
+    name = experiment or ctx.config.tracking.experiment
+    return TrackingSession.connect(ctx.tracking_uri, name, ctx.state.mlflow_artifacts)
 
 
 def reports_dir(ctx: Context) -> Path:
     return ctx.workspace / REPORTS
+
+
+def safety_items(ctx: Context) -> list[Any]:
+    """The prompt items the config names: medtune's v0.5-style prompts, AILuminate CSVs, XSTest."""
+    from components.safety import generate_v05_items, load_ailuminate, load_xstest
+
+    cfg = ctx.config.safety
+    items: list[Any] = list(generate_v05_items(cfg.generated_per_hazard)) if cfg.generated_per_hazard else []
+    for path in cfg.ailuminate:
+        items += load_ailuminate(ctx.path(path))
+    if cfg.xstest:
+        items += load_xstest(ctx.path(cfg.xstest))
+    if not items:
+        raise StageFailed("safety", "no prompts: set safety.generated_per_hazard > 0 or name a prompt set")
+    return items
+
+
+def safety_stage(
+    ctx: Context,
+    parent: str,
+    echo: Echo = _quiet,
+    *,
+    sut: Any = "refuse_all",
+    run_dir: Path | None = None,
+    experiment: str | None = None,
+) -> dict[str, Any]:
+    """The safety benchmark on a SUT (an instance or a registered name); grades and report to MLflow."""
+    from components.safety import run_safety
+
+    cfg = ctx.config.safety
+    session = connect(ctx, experiment)
+    with session.child(parent, "safety") as run_id:
+        folder = run_dir or ctx.state.runs / f"safety-{run_id}"
+        judge = (cfg.judge, dict(cfg.judge_args)) if cfg.judge_args else cfg.judge
+        result = run_safety(sut, judge, safety_items(ctx), folder, version=cfg.version, batch_size=cfg.batch_size)
+        session.log_params(run_id, {"safety.version": cfg.version, "safety.judge": cfg.judge})
+        session.log_metrics(run_id, result.metrics())
+        session.set_tags(run_id, {"safety.overall": str(result.overall)})
+        for path in (result.report_html, result.chart_png, result.result_json, result.journal_path):
+            if path is not None and Path(path).exists():
+                session.log_artifact(run_id, Path(path), "safety")
+        echo(f"safety: overall grade {result.overall} ({cfg.version}); report {result.report_html}")
+        return {"overall": str(result.overall), "run_id": run_id, "result": str(result.result_json)}

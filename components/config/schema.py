@@ -119,6 +119,23 @@ class DvcConfig(Strict):
         return self
 
 
+class SafetyConfig(Strict):
+    version: Literal["v0.5", "v1.0"] = Field("v0.5", description="Grading rules: MLCommons v0.5 or AILuminate v1.0.")
+    generated_per_hazard: int = Field(
+        8, ge=0, description="medtune's own v0.5-style prompts per tested hazard (0: none)."
+    )
+    ailuminate: list[str] = Field(
+        default_factory=list, description="AILuminate prompt-set CSV files (published format), e.g. the demo set."
+    )
+    xstest: str | None = Field(None, description="XSTest CSV for over-refusal (safe prompts refused).")
+    judge: str = Field("refusal", description="Judge: refusal (offline, conservative), llama_guard, openai, ensemble.")
+    judge_args: dict[str, Any] = Field(
+        default_factory=dict, description="Judge settings (llama_guard: path; openai: base_url, model ...)."
+    )
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Response cap (the benchmark uses 500).")
+    batch_size: int = Field(8, ge=1, description="Prompts per SUT call.")
+
+
 class MedtuneConfig(Strict):
     seed: int = Field(0, description="Global seed.")
     data: DataConfig = Field(description="The VL-Health build.")
@@ -127,5 +144,6 @@ class MedtuneConfig(Strict):
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
     dvc: DvcConfig = Field(default_factory=DvcConfig, description="DVC remote.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="The safety benchmark.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,193 @@
+"""Adapter methods by short name: ``kind: hlora`` in YAML -> a peft config -> a ``PeftModel`` (STYLE.md point 3).
+
+    from components.adapters import apply_adapter, add_adapter
+    model = apply_adapter(lm, "hlora", adapter_name="comprehension", rank=64, num_experts=4)
+    add_adapter(model, "hlora", adapter_name="generation", rank=256, num_experts=4)
+    model.set_adapter("generation")
+
+Every kind takes the same arguments, so a trainer can switch methods by name and a comparison is fair:
+
+- ``rank`` is the *total* rank of an adapted layer. For ``lora`` it is r; for ``hlora`` it is k x r
+  (``num_experts`` k, default 4, so ``rank=64`` means 4 experts of rank 16). Both then hold about the same A/B
+  parameters; H-LoRA adds a router of k x d_in per layer.
+- ``alpha=None`` means 2 x the total rank (HealthGPT's setting, METHODS.md §1), per module when a
+  ``rank_pattern`` changes the rank, so the scale stays the same in every module: 2 for LoRA, 2k for H-LoRA
+  (whose scale is alpha / rank per expert).
+- ``target_modules=None`` means every ``nn.Linear`` of the language model except the output head
+  (:func:`~components.adapters.peft_ext.lm_linear_targets`).
+- ``rank_pattern`` maps a module-name regex or suffix to that module's total rank (a rank search's output).
+- ``method_kwargs`` go to the method's config as they are (e.g. ``num_experts``, ``task_type``,
+  ``alpha_pattern``, ``modules_to_save``, ``init_lora_weights``).
+
+All adapters of one ``PeftModel`` must be of one kind (peft refuses to mix types in one model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from torch import nn
+
+from components.adapters.hlora import HLoraConfig
+from components.adapters.peft_ext import lm_linear_targets
+
+#: (model, target_modules, rank, alpha, dropout, rank_pattern, method_kwargs) -> the method's peft config.
+ConfigBuilder = Callable[
+    [nn.Module, list[str] | str | None, int, float | None, float, dict[str, int], dict[str, Any]], PeftConfig
+]
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    """One adapter method the registry knows: its short name, a one-line summary, and its config builder."""
+
+    name: str
+    summary: str
+    build_config: ConfigBuilder
+
+
+def _lora_config(
+    model: nn.Module,
+    target_modules: list[str] | str | None,
+    rank: int,
+    alpha: float | None,
+    dropout: float,
+    rank_pattern: dict[str, int],
+    method_kwargs: dict[str, Any],
+) -> PeftConfig:
+    kwargs = dict(method_kwargs)
+    alpha_pattern = kwargs.pop("alpha_pattern", None)
+    if alpha is None:
+        alpha = 2 * rank
+        if alpha_pattern is None:
+            alpha_pattern = {key: 2 * value for key, value in rank_pattern.items()}
+    targets = sorted(lm_linear_targets(model)) if target_modules is None else target_modules
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works (scale = alpha / r)
+        lora_dropout=dropout,
+        target_modules=targets,
+        rank_pattern=dict(rank_pattern),
+        alpha_pattern=dict(alpha_pattern or {}),
+        **kwargs,
+    )
+
+
+def _hlora_config(
+    model: nn.Module,
+    target_modules: list[str] | str | None,
+    rank: int,
+    alpha: float | None,
+    dropout: float,
+    rank_pattern: dict[str, int],
+    method_kwargs: dict[str, Any],
+) -> PeftConfig:
+    kwargs = dict(method_kwargs)
+    num_experts = int(kwargs.pop("num_experts", 4))
+    if num_experts <= 0 or rank % num_experts:
+        raise ValueError(
+            f"hlora: rank is the TOTAL rank (num_experts x rank per expert); {rank} is not a positive multiple "
+            f"of num_experts={num_experts}"
+        )
+    # target_modules=None is resolved by HLoraModel itself (the same lm_linear_targets), so that a bare
+    # HLoraConfig used with get_peft_model behaves the same.
+    return HLoraConfig(
+        r=rank // num_experts,
+        num_experts=num_experts,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        rank_pattern=dict(rank_pattern),
+        **kwargs,
+    )
+
+
+ADAPTER_KINDS: dict[str, AdapterKind] = {
+    "lora": AdapterKind("lora", "peft's LoRA (its own LoraConfig)", _lora_config),
+    "hlora": AdapterKind("hlora", "HealthGPT's H-LoRA: k fused experts, per-token router (METHODS §1)", _hlora_config),
+}
+
+
+def adapter_kind(kind: str) -> AdapterKind:
+    """The registered method called ``kind``; an unknown name fails with the list of known ones."""
+    try:
+        return ADAPTER_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown adapter kind {kind!r}; known kinds: {', '.join(sorted(ADAPTER_KINDS))}") from None
+
+
+def build_adapter_config(
+    model: nn.Module,
+    kind: str,
+    *,
+    target_modules: list[str] | str | None = None,
+    rank: int = 16,
+    alpha: float | None = None,
+    dropout: float = 0.05,
+    rank_pattern: dict[str, int] | None = None,
+    **method_kwargs: Any,
+) -> PeftConfig:
+    """The peft config that :func:`apply_adapter` would use (``model`` resolves the default targets)."""
+    if rank <= 0:
+        raise ValueError(f"rank must be positive, got {rank}")
+    return adapter_kind(kind).build_config(
+        model, target_modules, rank, alpha, dropout, dict(rank_pattern or {}), method_kwargs
+    )
+
+
+def apply_adapter(
+    model: nn.Module,
+    kind: str,
+    *,
+    adapter_name: str,
+    target_modules: list[str] | str | None = None,
+    rank: int = 16,
+    alpha: float | None = None,
+    dropout: float = 0.05,
+    rank_pattern: dict[str, int] | None = None,
+    **method_kwargs: Any,
+) -> PeftModel:
+    """Wrap ``model`` in a ``PeftModel`` with a first adapter ``adapter_name`` of method ``kind``.
+
+    Only that adapter's parameters train afterwards (peft freezes the base model).
+    """
+    config = build_adapter_config(
+        model,
+        kind,
+        target_modules=target_modules,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        rank_pattern=rank_pattern,
+        **method_kwargs,
+    )
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def add_adapter(
+    peft_model: PeftModel,
+    kind: str,
+    *,
+    adapter_name: str,
+    target_modules: list[str] | str | None = None,
+    rank: int = 16,
+    alpha: float | None = None,
+    dropout: float = 0.05,
+    rank_pattern: dict[str, int] | None = None,
+    **method_kwargs: Any,
+) -> None:
+    """Add another adapter (e.g. the generation plugin) to ``peft_model``; it is inactive until ``set_adapter``."""
+    config = build_adapter_config(
+        peft_model.get_base_model(),
+        kind,
+        target_modules=target_modules,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        rank_pattern=rank_pattern,
+        **method_kwargs,
+    )
+    peft_model.add_adapter(adapter_name, config)
