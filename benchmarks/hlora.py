@@ -1,6 +1,7 @@
 """H-LoRA's training-step cost on CPU against plain LoRA, a per-expert-loop MoE-LoRA and the frozen base model.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hlora.py [--widths 128 512 1024] [--steps 20] [--dropout 0.05 0.0]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hlora.py --ablation-only  # three stages vs one mixed stage
 
 Issue 4's acceptance and METHODS.md §1 ("training time 1.00x LoRA, vs 1.49x for a per-expert MoELoRA loop"):
 one training step (forward + backward + AdamW step, batch x sequence tokens) of a 2-layer Llama built from config
@@ -269,5 +270,106 @@ def main() -> None:
     print("\nTargets (issue 4): H-LoRA/LoRA <= 1.05 at width >= 512; H-LoRA/base <= 1.2 at 1024 (✓ met, ✗ missed).")
 
 
+# -- three stages vs one mixed stage (issue 4; METHODS.md §1: three stages 68.5 vs mixed 48.9 on OmniMedVQA) -----
+
+ABLATION_ARMS = (("three stages", "1,2,3"), ("one mixed stage", "mixed"))
+
+
+def ablation_table(
+    dataset_dir: str,
+    work_dir: str,
+    *,
+    stage_steps: dict[int | str, int] | None = None,
+    seed: int = 0,
+    **recipe_kwargs: object,
+) -> list[dict[str, object]]:
+    """Train HealthGPT's three stages and one mixed stage of the same total steps (sharing one base and one VQ
+    tokenizer), evaluate both on the test split, return one row per arm: closed accuracy, majority baseline,
+    open recall, SSIM (all generation, and CT->MRI) and seconds. Phantom records only where the split has others."""
+    from pathlib import Path
+
+    from components.training.recipe import DEFAULT_STAGE_STEPS, train_recipe
+
+    steps = {**DEFAULT_STAGE_STEPS, **(stage_steps or {})}
+    steps["mixed"] = sum(int(steps[k]) for k in (1, 2, 3))
+    work = Path(work_dir)
+    rows: list[dict[str, object]] = []
+    shared: dict[str, object] = {}
+    for name, stages in ABLATION_ARMS:
+        start = time.perf_counter()
+        result = train_recipe(
+            dataset_dir, work / stages.replace(",", ""), stages=stages, stage_steps=steps, seed=seed,
+            **shared, **recipe_kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        shared = {"base_dir": result.base_dir, "vq_dir": result.vq_dir}
+        m = result.metrics
+
+        def pick(key: str, m: dict[str, float] = m) -> float:
+            return m.get(f"{key}/source=phantom", m.get(key, float("nan")))
+
+        rows.append(
+            {
+                "arm": name,
+                "steps": sum(int(s["steps"]) for s in result.stages),
+                "closed_accuracy": pick("closed/accuracy"),
+                "closed_majority": max(pick("closed/majority_type"), pick("closed/majority_template")),
+                "open_recall": pick("open/recall"),
+                "ssim": m.get("generation/ssim", float("nan")),
+                "ssim_ct_to_mri": m.get("generation/ssim/modality_conversion/CT", float("nan")),
+                "copy_ssim_ct_to_mri": m.get("generation/copy_ssim/modality_conversion/CT", float("nan")),
+                "seconds": sum(float(s["seconds"]) for s in result.stages),
+                "wall_seconds": time.perf_counter() - start,
+            }
+        )
+    return rows
+
+
+def format_ablation(rows: list[dict[str, object]]) -> str:
+    """The ablation rows as a markdown table."""
+    lines = [
+        "| arm | steps | closed acc | majority | open recall | SSIM | SSIM CT->MRI | copy CT->MRI | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arm']} | {r['steps']} | {r['closed_accuracy']:.3f} | {r['closed_majority']:.3f} "
+            f"| {r['open_recall']:.3f} | {r['ssim']:.3f} | {r['ssim_ct_to_mri']:.3f} | {r['copy_ssim_ct_to_mri']:.3f} "
+            f"| {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def ablation_main(argv: list[str]) -> list[str]:
+    """Parse and run ``--ablation`` (and its options) out of ``argv``; return the arguments left for ``main``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--ablation", action="store_true", help="also run three stages vs one mixed stage")
+    parser.add_argument("--ablation-only", action="store_true", help="run only the ablation")
+    parser.add_argument("--ablation-dataset", default="data/vlhealth", help="a built VL-Health folder (phantoms)")
+    parser.add_argument("--ablation-out", default=".medtune/ablation", help="work folder of the two runs")
+    parser.add_argument("--ablation-steps", default=None, help="per stage, e.g. '1=60,2=40,3=200'")
+    known, rest = parser.parse_known_args(argv)
+    if not (known.ablation or known.ablation_only):
+        return rest
+    if not known.ablation_only:
+        sys.argv = [sys.argv[0], *rest]
+        main()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    steps = {
+        (int(k) if k.strip().isdigit() else k.strip()): int(v)
+        for k, v in (p.split("=") for p in (known.ablation_steps or "").split(",") if p.strip())
+    }
+    print(f"\n## three stages vs one mixed stage ({known.ablation_dataset}, test split, same total steps)\n")
+    print(format_ablation(ablation_table(known.ablation_dataset, known.ablation_out, stage_steps=steps)))
+    return []
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if {"--ablation", "--ablation-only"} & set(sys.argv[1:]):
+        ablation_main(sys.argv[1:])  # the step-time tables (unless --ablation-only), then the ablation
+    else:
+        main()

@@ -1,6 +1,6 @@
 """Orchestration overhead: the `retrain` Prefect flow's wall time over the same stage functions called directly.
 
-    .venv/bin/python benchmarks/orchestration.py [--subjects 48] [--repeats 1]
+    .venv/bin/python benchmarks/orchestration.py [--config configs/default.yaml] [--repeats 1] [KEY=VALUE ...]
 
 Each measurement runs in its own fresh process and workspace (`medtune init`), so both sides pay the same
 imports and the same DVC work; the flow side also pays Prefect's temporary server and task bookkeeping, which
@@ -24,7 +24,7 @@ import json, sys, time
 from pathlib import Path
 from pipelines.context import resolve
 overrides = json.loads(sys.argv[2])
-ctx = resolve(None, overrides, workspace=Path(sys.argv[1]))
+ctx = resolve(Path(sys.argv[4]), overrides, workspace=Path(sys.argv[1]))
 from pipelines.retrain import retrain, run_stages
 t = time.perf_counter()
 if sys.argv[3] == "flow":
@@ -35,11 +35,11 @@ print("ELAPSED", time.perf_counter() - t)
 """
 
 
-def measure(ws: Path, mode: str, overrides: list[str]) -> float:
+def measure(ws: Path, mode: str, config: str, overrides: list[str]) -> float:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MEDTUNE_HOME", None)
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(ws), json.dumps(overrides), mode],
+        [sys.executable, "-c", RUNNER, str(ws), json.dumps(overrides), mode, str(ws / config)],
         cwd=ws,
         env=env,
         capture_output=True,
@@ -53,10 +53,11 @@ def measure(ws: Path, mode: str, overrides: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=48, help="phantom subjects (48 = the embedded default)")
+    parser.add_argument("--config", default="configs/default.yaml", help="config, relative to the workspace")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.stage3.steps=50")
     args = parser.parse_args()
-    overrides = [f"data.sources.phantom.subjects={args.subjects}"]
+    overrides = list(args.overrides)
     rows = []
     with tempfile.TemporaryDirectory(prefix="medtune-bench-") as tmp:
         for rep in range(args.repeats):
@@ -64,12 +65,12 @@ def main() -> None:
             for mode in ("direct", "flow"):
                 ws = Path(tmp) / f"{mode}-{rep}"
                 subprocess.run([str(BIN / "medtune"), "init", str(ws)], check=True, capture_output=True)
-                times[(mode, "cold")] = measure(ws, mode, overrides)
-                times[(mode, "warm")] = measure(ws, mode, overrides)
+                times[(mode, "cold")] = measure(ws, mode, args.config, overrides)
+                times[(mode, "warm")] = measure(ws, mode, args.config, overrides)
             for phase in ("cold", "warm"):
                 d, f = times[("direct", phase)], times[("flow", phase)]
                 rows.append((phase, d, f, f / d))
-    print(f"retrain stages data -> validate, phantom subjects={args.subjects}, {os.cpu_count()} cores")
+    print(f"retrain, every stage; {args.config} {' '.join(overrides)}; {os.cpu_count()} cores")
     print()
     print("| phase | stages called directly (s) | retrain flow (s) | flow / direct |")
     print("|---|---|---|---|")

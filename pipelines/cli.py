@@ -213,6 +213,48 @@ def _remote_command(verb: str, config: Path | None, overrides: list[str] | None)
 
 
 @app.command()
+def train(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    stage: Annotated[str, typer.Option(help="1, 2, 3, all (the three in order) or mixed (the ablation).")] = "all",
+) -> None:
+    """Train on the built dataset: base bootstrap, VQ tokenizer, HealthGPT's stages; then evaluate."""
+    ctx = _context(config, overrides)
+    from components.config.loader import apply_override
+    from pipelines.stages import StageFailed, base_stage, connect, evaluate_stage, train_stage
+
+    choices = {"all": "1,2,3", "mixed": "mixed", "1": "1", "2": "2", "3": "3"}
+    if stage not in choices:
+        raise _fail(2, f"error: --stage {stage!r}: choose one of {', '.join(choices)}")
+    if choices[stage] != ctx.config.train.stages:
+        data = json.loads(json.dumps(ctx.config.model_dump(mode="json", by_alias=True)))
+        apply_override(data, f"train.stages={choices[stage]}")
+        try:
+            from components.config import validate_config
+
+            ctx = type(ctx)(ctx.workspace, ctx.state, validate_config(data), ctx.config_path)
+        except ConfigError as e:
+            raise _fail(2, f"config error: {e}") from None
+    dataset = ctx.path(ctx.config.data.out)
+    if not (dataset / "records.jsonl").exists():
+        raise _fail(1, f"no dataset at {dataset}: run `medtune data build` (or `medtune run`) first")
+    session = connect(ctx, "train")
+    parent = session.start_run("train", tags={"medtune.flow": "train", "config_hash": ctx.config_hash})
+    try:
+        base = base_stage(ctx, parent, console.print)
+        trained = train_stage(ctx, parent, console.print, base_dir=base["base_dir"])
+        evaluate_stage(ctx, parent, console.print, model_dir=trained["model_dir"])
+    except StageFailed as e:
+        session.finish(parent, failed=True)
+        raise _fail(1, str(e)) from None
+    except BaseException:
+        session.finish(parent, failed=True)
+        raise
+    session.finish(parent)
+    console.print(f"model: {trained['model_dir']}  (MLflow run {parent}, experiment 'train')")
+
+
+@app.command()
 def safety(
     config: ConfigOpt = None,
     overrides: Overrides = None,

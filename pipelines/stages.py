@@ -6,7 +6,9 @@ Every stage takes the run context and the parent MLflow run id and returns a sma
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,3 +191,219 @@ def safety_stage(
                 session.log_artifact(run_id, Path(path), "safety")
         echo(f"safety: overall grade {result.overall} ({cfg.version}); report {result.report_html}")
         return {"overall": str(result.overall), "run_id": run_id, "result": str(result.result_json)}
+
+
+# -- the model stages (issue 4): base -> train -> evaluate ------------------------------------------------------------
+
+
+def model_args(ctx: Context) -> Any:
+    """The VLM's shape from the config (image size and channels follow the built dataset's image policy)."""
+    from components.models.vlm import VLMArgs
+
+    m, image = ctx.config.model, ctx.config.data.image
+    return VLMArgs(
+        vision_hidden=m.vision.hidden,
+        vision_layers=m.vision.layers,
+        vision_heads=m.vision.heads,
+        image_size=image.size,
+        patch_size=m.vision.patch_size,
+        channels=1 if image.mode == "L" else 3,
+        lm_hidden=m.lm.hidden,
+        lm_layers=m.lm.layers,
+        lm_heads=m.lm.heads,
+        lm_intermediate=m.lm.intermediate,
+        max_positions=m.lm.max_positions,
+        comp_layer=m.comprehension_layer,
+        gen_layer=m.generation_layer,
+        lm_path=m.lm.path,
+        vision_path=m.vision.path,
+        dtype=m.dtype,
+    )
+
+
+def _section_hash(ctx: Context, *sections: str, data_version: str = "") -> str:
+    from components.config import config_dict
+
+    full = config_dict(ctx.config)
+    blob = json.dumps(
+        {s: full[s] for s in sections} | {"image": full["data"]["image"], "data": data_version}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _metrics_logger(session: TrackingSession, run_id: str) -> Callable[[int, dict[str, float]], None]:
+    def log(step: int, metrics: dict[str, float]) -> None:
+        session.log_metrics(run_id, {k: float(v) for k, v in metrics.items()}, step=step)
+
+    return log
+
+
+def base_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, data_version: str = "") -> dict[str, Any]:
+    """The base model: the tiny VLM bootstrapped on the train split (cached by config + data), or a local
+    checkpoint (``model.lm.path``) built and saved as a base folder."""
+    from components.training.base import bootstrap_base
+
+    session = connect(ctx)
+    with session.child(parent, "base") as run_id:
+        args = model_args(ctx)
+        dataset = ctx.path(ctx.config.data.out)
+        b = ctx.config.base
+        started = time.perf_counter()
+        if args.lm_path or args.vision_path:
+            base_dir = _checkpoint_base(ctx, args)
+        else:
+            base_dir = bootstrap_base(
+                dataset,
+                ctx.state.root / "models",
+                args=args,
+                vocab_size=ctx.config.model.lm.vocab_size,
+                steps=b.steps,
+                batch_size=b.batch_size,
+                lr=b.lr,
+                seed=ctx.config.seed,
+                on_metrics=_metrics_logger(session, run_id),
+            )
+        seconds = time.perf_counter() - started
+        summary_file = base_dir / "base.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        reused = seconds < 0.5 * float(summary.get("seconds") or 0) or summary.get("seconds") is None
+        session.log_params(run_id, {"base.dir": str(base_dir), "base.steps": b.steps, "base.reused": reused})
+        session.log_metrics(run_id, {"base/seconds": seconds})
+        if summary_file.exists():
+            session.log_artifact(run_id, summary_file)
+        if (base_dir / "loss.png").exists():
+            session.log_artifact(run_id, base_dir / "loss.png", "plots")
+        echo(f"base: {'re-used cached' if reused else 'bootstrapped'} base model {base_dir.name} ({seconds:.0f} s)")
+        return {"base_dir": str(base_dir), "run_id": run_id, "reused": reused}
+
+
+def _checkpoint_base(ctx: Context, args: Any) -> Path:
+    """A GPU user's base: local checkpoints assembled into a MedVLM folder once (keyed by the model settings)."""
+    from components.models.tokenizer import load_tokenizer
+    from components.models.vlm import build_vlm
+
+    folder = ctx.state.root / "models" / f"checkpoint-{_section_hash(ctx, 'model')}"
+    if (folder / "vlm.json").exists():
+        return folder
+    tokenizer = load_tokenizer(Path(args.lm_path)) if args.lm_path else None
+    if tokenizer is None:
+        raise StageFailed("base", "model.vision.path without model.lm.path: give the LM checkpoint too")
+    model = build_vlm(args, tokenizer)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def train_stage(
+    ctx: Context, parent: str, echo: Echo = _quiet, *, base_dir: str, data_version: str = ""
+) -> dict[str, Any]:
+    """HealthGPT's three stages (or the mixed ablation) with the configured adapter; the work folder is keyed by
+    the training config and the data version, so an unchanged re-run loads finished stages instead of training."""
+    from components.models.vq import VQConfig
+    from components.training.recipe import train_recipe
+
+    cfg = ctx.config
+    session = connect(ctx)
+    with session.child(parent, "train") as run_id:
+        key = _section_hash(ctx, "model", "base", "vq", "adapter", "train", "seed", data_version=data_version)
+        work = ctx.state.root / "train" / key
+        args = model_args(ctx)
+        t, a = cfg.train, cfg.adapter
+        session.log_params(
+            run_id,
+            {"train.work_dir": str(work), "adapter.kind": a.kind, "adapter.rank": a.rank, "train.stages": t.stages},
+        )
+        started = time.perf_counter()
+        result = train_recipe(
+            ctx.path(cfg.data.out),
+            work,
+            model_args=args,
+            base_dir=base_dir,
+            vq_config=VQConfig(
+                image_size=args.image_size,
+                channels=args.channels,
+                downsample=cfg.vq.downsample,
+                codebook_size=cfg.vq.codebook_size,
+                code_dim=cfg.vq.code_dim,
+                hidden=cfg.vq.hidden,
+            ),
+            vq_steps=cfg.vq.steps,
+            adapter_kind=a.kind,
+            rank=a.rank,
+            generation_rank=a.generation_rank,
+            num_experts=a.experts,
+            alpha=a.alpha,
+            dropout=a.dropout,
+            rank_pattern=dict(a.rank_pattern),
+            target_modules=a.target_modules,
+            stage_steps={1: t.stage1.steps, 2: t.stage2.steps, 3: t.stage3.steps},
+            stage_lr={1: t.stage1.lr, 2: t.stage2.lr, 3: t.stage3.lr, "mixed": t.stage3.lr},
+            batch_size=t.batch_size,
+            grad_accum=t.grad_accum,
+            warmup_steps=t.warmup_steps,
+            max_grad_norm=t.max_grad_norm,
+            checkpoint_every=t.checkpoint_every,
+            seed=cfg.seed,
+            stages=t.stages,
+            evaluate=False,
+            on_metrics=_metrics_logger(session, run_id),
+            device=t.device,
+        )
+        session.log_metrics(run_id, {k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
+        for curve in result.loss_curves.values():
+            session.log_artifact(run_id, Path(curve), "plots")
+        for task, folder in result.adapters.items():
+            if Path(folder).exists():
+                session.log_artifact(run_id, Path(folder), f"adapters/{task}")
+        session.log_dict(run_id, result.to_json(), "train_result.json")
+        echo(f"train: stages {t.stages} with {a.kind} in {time.perf_counter() - started:.0f} s -> {result.model_dir}")
+        return {"model_dir": str(result.model_dir), "run_id": run_id, "work_dir": str(work)}
+
+
+def evaluate_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, model_dir: str) -> dict[str, Any]:
+    """Medical VQA and generation metrics on the held-out split, against the majority and copy baselines."""
+    from components.training.recipe import evaluate_recipe
+
+    session = connect(ctx)
+    with session.child(parent, "evaluate") as run_id:
+        out = Path(model_dir).parent / f"eval-{ctx.config.evaluate.split}"
+        result = evaluate_recipe(
+            model_dir,
+            ctx.path(ctx.config.data.out),
+            split=ctx.config.evaluate.split,
+            out_dir=out,
+            batch_size=ctx.config.evaluate.batch_size,
+            device=ctx.config.train.device,
+        )
+        session.log_metrics(run_id, result.metrics)
+        for name in ("metrics.json", "predictions.jsonl"):
+            if (out / name).exists():
+                session.log_artifact(run_id, out / name)
+        shown = {k: v for k, v in result.metrics.items() if k in HEADLINE_METRICS}
+        echo("evaluate: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))
+        return {"metrics": str(out / "metrics.json"), "run_id": run_id}
+
+
+HEADLINE_METRICS = {
+    "closed/accuracy",
+    "closed/majority_accuracy",
+    "open/recall",
+    "modality_conversion/ssim",
+    "modality_conversion/copy_ssim",
+}
+
+
+def model_safety_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, model_dir: str) -> dict[str, Any]:
+    """The safety benchmark with the trained candidate as the system under test (text prompts, greedy decoding,
+    the configured response cap)."""
+    from components.safety import SUTS
+    from components.safety.vlm import vlm_generator
+    from components.training.plugins import load_trained
+
+    model = load_trained(Path(model_dir))
+    generate = vlm_generator(model, model.tokenizer, batch_size=ctx.config.safety.batch_size)
+    sut = SUTS.make(
+        "medtune", generate=generate, name=Path(model_dir).parent.name, max_new_tokens=ctx.config.safety.max_new_tokens
+    )
+    return safety_stage(ctx, parent, echo, sut=sut)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from components.data.sources import SOURCES
 
@@ -119,6 +119,106 @@ class DvcConfig(Strict):
         return self
 
 
+class VisionSettings(Strict):
+    hidden: int = Field(64, ge=8, description="Vision encoder (CLIP) width of the tiny model.")
+    layers: int = Field(3, ge=2, description="Vision encoder layers (HVP needs a shallow and a deep one).")
+    heads: int = Field(4, ge=1, description="Vision attention heads.")
+    patch_size: int = Field(8, ge=1, description="Patch size; (image size / patch size)^2 image tokens.")
+    path: str | None = Field(None, description="Local CLIP vision checkpoint folder instead of the tiny encoder.")
+
+
+class LMSettings(Strict):
+    hidden: int = Field(128, ge=8, description="Language model width of the tiny model.")
+    layers: int = Field(4, ge=1, description="Language model layers.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate: int = Field(344, ge=8, description="MLP width.")
+    max_positions: int = Field(512, ge=64, description="Longest sequence.")
+    vocab_size: int = Field(1000, ge=64, description="BPE vocabulary trained on the corpus (tiny model only).")
+    path: str | None = Field(
+        None,
+        description="Local Hugging Face checkpoint folder of a causal LM (GPU users); a hub id must be "
+        "downloaded first.",
+    )
+
+
+class ModelConfig(Strict):
+    vision: VisionSettings = Field(default_factory=VisionSettings, description="Vision encoder.")
+    lm: LMSettings = Field(default_factory=LMSettings, description="Language model.")
+    comprehension_layer: int = Field(-2, description="HVP: encoder hidden state read by comprehension.")
+    generation_layer: int = Field(1, description="HVP: encoder hidden state read by generation (shallow).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+
+
+class BaseSettings(Strict):
+    steps: int = Field(400, ge=1, description="Full-training steps that bootstrap the tiny base model.")
+    batch_size: int = Field(32, ge=1, description="Batch size of the bootstrap.")
+    lr: float = Field(2e-3, gt=0, description="Learning rate of the bootstrap.")
+
+
+class VQSettings(Strict):
+    downsample: int = Field(8, description="Downsampling factor f: a 64 px image becomes (64/f)^2 codes.")
+    codebook_size: int = Field(256, ge=2, description="Codebook entries (new LM tokens).")
+    code_dim: int = Field(32, ge=1, description="Code vector size.")
+    hidden: int = Field(64, ge=8, description="Conv width.")
+    steps: int = Field(600, ge=1, description="Training steps of the VQ-VAE.")
+
+
+class AdapterConfig(Strict):
+    kind: Literal["hlora", "lora"] = Field("hlora", description="Adapter method: hlora (H-LoRA) or lora.")
+    rank: int = Field(16, ge=1, description="Total rank of the comprehension plugin (H-LoRA: experts x rank).")
+    generation_rank: int | None = Field(32, ge=1, description="Total rank of the generation plugin (null: rank).")
+    experts: int = Field(4, ge=1, description="H-LoRA experts per plugin.")
+    alpha: float | None = Field(None, description="LoRA alpha; null means 2 x total rank (HealthGPT).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Adapter dropout.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; null: every Linear of the LM except the output head."
+    )
+    rank_pattern: dict[str, int] = Field(
+        default_factory=dict, description="Module name -> total rank (a rank search's output)."
+    )
+
+
+class StageSettings(Strict):
+    steps: int = Field(ge=0, description="Optimizer steps of the stage.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (cosine schedule).")
+
+
+class TrainConfig(Strict):
+    stages: str = Field(
+        "1,2,3",
+        pattern=r"^(mixed|1(,2)?(,3)?|2(,3)?|3)$",
+        description="Stages to run in order: '1,2,3' (HealthGPT), a tail such as '3' (earlier stages are loaded "
+        "from the work folder), or 'mixed' (one mixed stage, the ablation).",
+    )
+    stage1: StageSettings = Field(
+        default_factory=lambda: StageSettings(steps=100), description="Stage 1: multi-modal alignment."
+    )
+    stage2: StageSettings = Field(
+        default_factory=lambda: StageSettings(steps=500, lr=3e-3),
+        description="Stage 2: heterogeneous plugin adaptation (the new image-code rows learn here).",
+    )
+    stage3: StageSettings = Field(
+        default_factory=lambda: StageSettings(steps=1000), description="Stage 3: visual instruction fine-tuning."
+    )
+    batch_size: int = Field(8, ge=1, description="Global micro-batch.")
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stage_number(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up steps; null means 5% of each stage.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
+    checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+
+
+class EvaluateConfig(Strict):
+    split: Literal["val", "test"] = Field("test", description="Split scored after training.")
+    batch_size: int = Field(16, ge=1, description="Evaluation batch size.")
+
+
 class SafetyConfig(Strict):
     version: Literal["v0.5", "v1.0"] = Field("v0.5", description="Grading rules: MLCommons v0.5 or AILuminate v1.0.")
     generated_per_hazard: int = Field(
@@ -144,6 +244,12 @@ class MedtuneConfig(Strict):
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
     dvc: DvcConfig = Field(default_factory=DvcConfig, description="DVC remote.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The VLM.")
+    base: BaseSettings = Field(default_factory=BaseSettings, description="Bootstrap of the tiny base model.")
+    vq: VQSettings = Field(default_factory=VQSettings, description="The VQ image tokenizer.")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter method and ranks.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="HealthGPT's three training stages.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation after training.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="The safety benchmark.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

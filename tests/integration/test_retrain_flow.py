@@ -13,7 +13,8 @@ from tests.integration.conftest import assert_offline, cli_env, medtune
 
 pytestmark = pytest.mark.integration
 
-SMALL = ["data.sources.phantom.subjects=12", "validate.min_records=50"]
+SMALL = ["--config", "configs/smoke.yaml"]
+STAGES = {"data", "validate", "base", "train", "evaluate", "safety"}
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
@@ -34,6 +35,7 @@ def test_run_twice_tracks_everything_and_reuses_data(make_workspace, serve_ui, n
     second = medtune(["run", *SMALL], ws, env)
     assert second.returncode == 0, second.output
     assert "Stage 'build' didn't change, skipping" in second.stdout
+    assert "base: re-used cached base model" in second.stdout
     assert f"data: unchanged, DVC re-used stage 'build' (data version {version})" in second.stdout
 
     ui = serve_ui(ws)
@@ -53,7 +55,7 @@ def test_run_twice_tracks_everything_and_reuses_data(make_workspace, serve_ui, n
             for r, t in zip(runs, tags, strict=True)
             if t.get("mlflow.parentRunId") == parent["info"]["run_id"]
         }
-        assert set(children) == {"data", "validate"}
+        assert set(children) == STAGES
         data_tags = {t["key"]: t["value"] for t in children["data"]["data"]["tags"]}
         assert data_tags["data_version"] == version
         files = ui.get(f"/api/2.0/mlflow/artifacts/list?run_id={children['validate']['info']['run_id']}")
@@ -89,7 +91,7 @@ def test_bad_config_file_key_exits_2(make_workspace, netguard, tmp_path: Path) -
 
 def test_failed_validation_stops_the_flow(make_workspace, serve_ui, netguard) -> None:
     ws = make_workspace()
-    r = medtune(["run", "data.sources.phantom.subjects=4", "validate.min_records=100000"], ws, cli_env(netguard))
+    r = medtune(["run", *SMALL, "validate.min_records=100000"], ws, cli_env(netguard))
     assert r.returncode == 1, r.output
     assert "stage 'validate' failed" in r.stderr
     assert "expect_table_row_count_to_be_between" in r.stderr

@@ -1,0 +1,461 @@
+"""The training loop of one stage: AdamW, cosine schedule with warm-up, gradient accumulation and clipping, bf16
+autocast on GPU, single-task batches with the task's plugin switched in, checkpoints and exact resume, one code
+path for one process and for torchrun (METHODS.md §1, "Three-stage learning"; issue 4, item 5).
+
+    from components.training.trainer import TrainArgs, train_stage
+    result = train_stage(model, 3, pools, collate, TrainArgs(steps=200, lr=2e-4, batch_size=8, warmup=10,
+                         checkpoint_every=50), out_dir=Path("work/stage3"), on_metrics=log)
+    result.losses, result.curve, result.final      # per-step losses, loss-curve PNG, trained tensors
+
+A stage reads top to bottom: setup (freeze per the stage table, optimizer, schedule, samplers, resume from the last
+checkpoint) -> loop (pick the step's task, switch its plugin, accumulate micro-batches, clip, step, checkpoint) ->
+cleanup (loss curve, final tensors, a ``done.json`` marker). Calling it again on a finished stage returns the saved
+result without training.
+
+Choices where METHODS.md is silent:
+
+- **Single-task batches.** Each optimizer step draws one task from the stage's task mix (a pure function of seed and
+  step) and all its micro-batches from that task's pool; ``set_adapter(task)`` switches the plugin before the
+  forward (HealthGPT's hard router). A mixed-task batch would need both plugins active per example, which peft
+  only supports at inference. The task mix defaults to equal weights over the stage's tasks with data.
+- **Loss normalisation.** Cross-entropy is summed over the answer tokens of every micro-batch (on every rank) and
+  divided by the token count of the whole optimizer step, so gradient accumulation and N ranks compute exactly the
+  gradient of one big batch (a mean of per-micro-batch means would weight short answers differently).
+- **Optimizer.** AdamW, weight decay 0 (METHODS.md), betas (0.9, 0.999); the learning rate warms up linearly for
+  ``warmup`` steps, then follows a half cosine to ``min_lr_ratio`` x ``lr`` at the last step. Gradients are
+  clipped to a global norm of ``max_grad_norm``; parameters outside the step task's trainable set never get a
+  gradient (AdamW then leaves them, and their moments, untouched).
+- **Precision.** bf16 autocast on CUDA only; CPU runs in fp32, so a resumed run equals an uninterrupted one bit for
+  bit (``torch.equal``).
+- **Determinism.** The torch RNG (dropout) is seeded per stage from (seed, stage, rank) and saved per rank in
+  every checkpoint together with numpy's and Python's; the data order needs no RNG state (see
+  :mod:`components.training.data`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from components.data.records import TASKS
+from components.models.collate import IGNORE
+from components.training.checkpoint import (
+    STATE_FILE,
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from components.training.data import EpochSampler, Record, task_for_step
+from components.training.distributed import (
+    DistEnv,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    shard,
+    wrap_ddp,
+)
+from components.training.stages import StageKey, freeze_for, stage_spec, trainable_parameters
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+ProgressCallback = Callable[[int, int, float], None]
+Collate = Callable[[list[Record]], Mapping[str, Any]]
+DONE_FILE = "done.json"
+FINAL_FILE = "final.safetensors"
+CURVE_FILE = "loss.png"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Hyper-parameters of one stage. ``batch_size`` is the *global* micro-batch (over all ranks)."""
+
+    steps: int
+    lr: float
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2
+    seed: int = 0
+    bf16: bool = True  # autocast to bf16 on CUDA; ignored on CPU
+    task_mix: Mapping[str, float] = field(default_factory=dict)  # empty: equal over the stage's tasks with data
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.warmup < 0:
+            raise ValueError(f"steps >= 0, batch_size >= 1, grad_accum >= 1, warmup >= 0 expected; got {self}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        unknown = sorted(set(self.task_mix) - set(TASKS))
+        if unknown:
+            raise ValueError(f"task_mix names unknown tasks {unknown}; known: {', '.join(TASKS)}")
+
+
+@dataclass
+class StageResult:
+    stage: StageKey
+    steps: int
+    losses: list[float]
+    tasks: list[str]
+    seconds: float
+    resumed_from: int | None
+    out_dir: Path
+    final: Path  # safetensors of the tensors the stage saved (trained state after the last step)
+    curve: Path | None  # loss-curve PNG (rank 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "resumed_from": self.resumed_from,
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+            "final": str(self.final),
+            "curve": str(self.curve) if self.curve else None,
+        }
+
+
+def cosine_schedule(step: int, *, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based): linear warm-up to 1 over ``warmup`` steps
+    ((step + 1) / warmup), then a half cosine from 1 down to ``min_ratio`` at the last step ``total - 1``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def salt_of(*parts: object) -> int:
+    """A stable 32-bit number from names (Python's ``hash`` of a str changes between processes)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
+    """Sum of next-token cross-entropies over the labelled positions, in float32."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def label_count(labels: Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def switch_plugin(model: nn.Module, task: str) -> None:
+    """Make ``task``'s plugin the active one (a no-op for a model without peft plugins), leaving it frozen: the
+    caller sets ``requires_grad`` from the stage table."""
+    lm = getattr(model, "lm", None)
+    set_adapter = getattr(lm, "set_adapter", None)
+    peft_config = getattr(lm, "peft_config", None)
+    if callable(set_adapter) and isinstance(peft_config, dict) and task in peft_config:
+        set_adapter(task, inference_mode=True)
+
+
+def named_tensors(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    wanted = set(names)
+    return {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+
+
+@torch.no_grad()
+def load_tensors(model: nn.Module, tensors: Mapping[str, Tensor], *, strict_names: Iterable[str] | None = None) -> None:
+    """Copy saved tensors into the model's parameters (by name); ``strict_names`` must all be present."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise KeyError(f"saved tensors name parameters the model lacks: {unknown[:5]} (of {len(unknown)})")
+    missing = sorted(set(strict_names or ()) - set(tensors))
+    if missing:
+        raise KeyError(f"saved tensors lack parameters {missing[:5]} (of {len(missing)})")
+    for name, value in tensors.items():
+        param = params[name]
+        if param.shape != value.shape:
+            raise ValueError(f"{name}: saved shape {tuple(value.shape)}, model shape {tuple(param.shape)}")
+        param.copy_(value.to(param.device, param.dtype))
+
+
+def _atomic_save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_loss_curve(losses: Sequence[float], tasks: Sequence[str], path: Path, title: str) -> Path:
+    """A PNG of the per-step loss (one colour per task) and its running mean (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    steps = list(range(1, len(losses) + 1))
+    for task, colour in zip(TASKS, ("tab:blue", "tab:orange"), strict=True):
+        xs = [s for s, t in zip(steps, tasks, strict=True) if t == task]
+        if xs:
+            ax.scatter(xs, [losses[s - 1] for s in xs], s=6, color=colour, label=task, alpha=0.6)
+    window = max(1, len(losses) // 20)
+    running = [
+        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+        for i in range(len(losses))
+    ]
+    ax.plot(steps, running, color="black", linewidth=1, label=f"mean of {window}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (token cross-entropy)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_key(
+    stage: StageKey, args: TrainArgs, mix: Mapping[str, float], ids: Mapping[str, list[str]], names: Iterable[str]
+) -> str:
+    """A hash of what determines a stage's result: a checkpoint or a finished stage is re-used only when it matches."""
+    described = {
+        "stage": str(stage),
+        "args": {k: v for k, v in asdict(args).items() if k != "task_mix"},
+        "mix": dict(mix),
+        "records": ids,
+        "names": sorted(names),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_key(found: str | None, expected: str, where: Path, stage_dir: Path) -> None:
+    if found != expected:
+        raise ValueError(
+            f"{where} was written by a run with other settings, data or parameters (run key {found}, this run "
+            f"{expected}); use another work folder, or delete the stage folder {stage_dir} to train it again"
+        )
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _task_pools(
+    spec_data: Mapping[str, tuple[str, ...]], pools: Mapping[str, Sequence[Record]]
+) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for task, names in spec_data.items():
+        missing = [n for n in names if n not in pools]
+        if missing:
+            raise KeyError(f"the stage needs record pools {missing}; given: {sorted(pools)}")
+        records = [r for n in names for r in pools[n]]
+        if records:
+            out[task] = records
+    return out
+
+
+def train_stage(
+    model: nn.Module,
+    stage: StageKey,
+    pools: Mapping[str, Sequence[Record]],
+    collate: Collate,
+    args: TrainArgs,
+    *,
+    out_dir: str | Path,
+    env: DistEnv | None = None,
+    save_names: Iterable[str] | None = None,
+    on_metrics: MetricsCallback | None = None,
+    progress: ProgressCallback | None = None,
+) -> StageResult:
+    """Train ``model`` (a MedVLM, plugins attached for stages 1-3) through one stage; see the module docstring.
+
+    ``pools`` maps pool names ("comprehension", "generation", "reconstruction") to records; ``collate`` turns a
+    list of records into a model batch (a VLMCollator). ``save_names`` are the parameters written to checkpoints
+    and to the final tensors (default: what this stage trains); give the union over all stages to make every
+    stage's output a complete trained state. Metrics go to ``on_metrics(step, {"stage<k>/loss": ...})``."""
+    env = env or DistEnv()
+    spec = stage_spec(stage)
+    out = Path(out_dir)
+    prefix = f"stage{spec.key}/"
+    done = out / DONE_FILE
+    final = out / FINAL_FILE
+    task_pools = _task_pools(spec.data, pools)
+    mix = {t: float(args.task_mix.get(t, 0.0) if args.task_mix else 1.0) for t in task_pools}
+    if not task_pools or sum(mix.values()) <= 0:
+        raise ValueError(f"stage {spec.key}: no records for any of its tasks {spec.tasks} (pools: {sorted(pools)})")
+    keep_names = set(save_names) if save_names is not None else trainable_parameters(model, spec.key)
+    key = run_key(
+        spec.key, args, mix, {t: [str(r.get("id")) for r in recs] for t, recs in task_pools.items()}, keep_names
+    )
+    if done.is_file() and final.is_file():  # finished before: load its result, train nothing
+        meta = json.loads(done.read_text())
+        _check_key(meta.get("run_key"), key, done, out)
+        load_tensors(model, load_file(str(final)), strict_names=keep_names)
+        return StageResult(
+            spec.key, meta["steps"], meta["losses"], meta["tasks"], meta["seconds"], meta.get("resumed_from"), out,
+            final, Path(meta["curve"]) if meta.get("curve") else None,
+        )  # fmt: skip
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    union = freeze_for(model, spec.key)
+    active = {t: trainable_parameters(model, spec.key, t) for t in task_pools}
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [p for _, p in params], lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_schedule(s, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
+    )
+    samplers = {t: EpochSampler(len(recs), seed=args.seed, salt=salt_of(spec.key, t)) for t, recs in task_pools.items()}
+    torch.manual_seed(salt_of(args.seed, spec.key, env.rank))
+    start, losses, tasks, resumed_from, seconds_before = 0, [], [], None, 0.0
+    ckpt_dir = out / CHECKPOINTS
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is not None:
+        _check_key(json.loads((ckpt / STATE_FILE).read_text()).get("run_key"), key, ckpt, out)
+        loaded = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+        load_tensors(model, loaded.tensors, strict_names=keep_names)
+        for t, sampler in samplers.items():
+            sampler.load_state_dict(loaded.state["samplers"][t])
+        start, resumed_from = loaded.step, loaded.step
+        losses, tasks = list(loaded.state["losses"]), list(loaded.state["tasks"])
+        seconds_before = float(loaded.state.get("seconds", 0.0))
+        if len(loaded.rng) == env.world:
+            restore_rng(loaded.rng[env.rank])
+        else:  # another world size: the run goes on, but is no longer bitwise the uninterrupted one
+            torch.manual_seed(salt_of(args.seed, spec.key, env.rank, start))
+    ddp = wrap_ddp(model, env)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if env.device.type == "cuda" and args.bf16
+        else contextlib.nullcontext()
+    )
+    model.train()
+    began = time.perf_counter()
+
+    # -- train ------------------------------------------------------------------------------------------------
+    for step in range(start, args.steps):
+        t0 = time.perf_counter()
+        task = task_for_step(mix, seed=args.seed, salt=salt_of(spec.key, "task"), step=step)
+        switch_plugin(model, task)
+        for name, param in model.named_parameters():  # set_adapter touched requires_grad; DDP wraps the union
+            param.requires_grad_(name in union)
+        pool = task_pools[task]
+        global_indices = samplers[task].take(args.batch_size * args.grad_accum)
+        micro = [
+            collate([pool[i] for i in shard(global_indices[k : k + args.batch_size], env)])
+            for k in range(0, len(global_indices), args.batch_size)
+        ]
+        tokens = int(all_reduce_sum(torch.tensor(sum(label_count(b["labels"]) for b in micro)), env).item())
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float32)
+        for k, batch in enumerate(micro):
+            inputs = _to_device(batch, env.device)
+            labels = inputs.pop("labels")
+            sync = k == len(micro) - 1 or not env.distributed
+            with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:  # type: ignore[operator]
+                logits = ddp(**inputs).logits
+            summed = token_loss_sum(logits, labels)
+            (summed * (env.world / max(1, tokens))).backward()
+            loss_sum += summed.detach().cpu()
+        for name, param in params:
+            if name not in active[task]:
+                param.grad = None
+        with_grad = [p for _, p in params if p.grad is not None]
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(with_grad, args.max_grad_norm))
+            if args.max_grad_norm and with_grad
+            else math.nan
+        )
+        lr = float(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        loss = float(all_reduce_sum(loss_sum, env).item()) / max(1, tokens)
+        losses.append(loss)
+        tasks.append(task)
+        done_steps = step + 1
+        if env.is_main:
+            if on_metrics is not None:
+                metrics = {
+                    f"{prefix}loss": loss,
+                    f"{prefix}loss/{task}": loss,
+                    f"{prefix}lr": lr,
+                    f"{prefix}grad_norm": grad_norm,
+                    f"{prefix}tokens": float(tokens),
+                    f"{prefix}step_seconds": time.perf_counter() - t0,
+                }
+                on_metrics(done_steps, metrics)
+            if progress is not None:
+                progress(done_steps, args.steps, loss)
+        if args.checkpoint_every and done_steps % args.checkpoint_every == 0 and done_steps < args.steps:
+            rng = all_gather_objects(capture_rng(), env)
+            if env.is_main:
+                state = {
+                    "run_key": key,
+                    "stage": str(spec.key),
+                    "world": env.world,
+                    "samplers": {t: s.state_dict() for t, s in samplers.items()},
+                    "losses": losses,
+                    "tasks": tasks,
+                    "seconds": seconds_before + time.perf_counter() - began,
+                    "args": {k: v for k, v in asdict(args).items() if k != "task_mix"} | {"task_mix": mix},
+                }
+                save_checkpoint(
+                    ckpt_dir,
+                    done_steps,
+                    named_tensors(model, keep_names),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state=state,
+                    rng=rng,
+                    keep=args.keep_checkpoints,
+                )
+            barrier(env)
+
+    # -- cleanup ----------------------------------------------------------------------------------------------
+    model.eval()
+    seconds = seconds_before + time.perf_counter() - began
+    curve = None
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_save_tensors(named_tensors(model, keep_names), final)
+        if losses:
+            curve = save_loss_curve(losses, tasks, out / CURVE_FILE, f"stage {spec.key}: {spec.name}")
+        meta = {
+            "run_key": key,
+            "stage": str(spec.key),
+            "steps": args.steps,
+            "losses": losses,
+            "tasks": tasks,
+            "seconds": seconds,
+            "resumed_from": resumed_from,
+            "curve": str(curve) if curve else None,
+        }
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta) + "\n")
+        os.replace(tmp, done)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # done.json + final.safetensors replace them
+    barrier(env)
+    return StageResult(spec.key, args.steps, losses, tasks, seconds, resumed_from, out, final, curve)
