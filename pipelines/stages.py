@@ -387,10 +387,10 @@ def evaluate_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, model_dir:
 
 HEADLINE_METRICS = {
     "closed/accuracy",
-    "closed/majority_accuracy",
+    "closed/majority_type",
     "open/recall",
-    "modality_conversion/ssim",
-    "modality_conversion/copy_ssim",
+    "generation/ssim/modality_conversion/CT",
+    "generation/copy_ssim/modality_conversion/CT",
 }
 
 

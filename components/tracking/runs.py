@@ -26,6 +26,14 @@ SECRET_KEY = re.compile(r"(secret|password|passwd|token|access_key|credential|ap
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
+_METRIC_BAD = re.compile(r"[^\w\-. :/]")
+
+
+def metric_name(key: str) -> str:
+    """An MLflow-legal metric name: ``closed/accuracy/source=phantom`` -> ``closed/accuracy/source:phantom``."""
+    return _METRIC_BAD.sub("_", key.replace("=", ":"))
+
+
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if SECRET_KEY.search(k) else v) for k, v in params.items()}
 
@@ -97,7 +105,7 @@ class TrackingSession:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
