@@ -281,6 +281,17 @@ def safety(
         kwargs[key] = yaml.safe_load(value)
     if sut == "medtune":
         kwargs.setdefault("max_new_tokens", ctx.config.safety.max_new_tokens)
+        model_dir = Path(str(kwargs.get("model_dir", "")))
+        if (model_dir / "trained.safetensors").exists():  # a `medtune train` model folder (base + plugins)
+            from components.safety.vlm import vlm_generator
+            from components.training.plugins import load_trained
+
+            model = load_trained(model_dir)
+            kwargs = {
+                "generate": vlm_generator(model, model.tokenizer, batch_size=ctx.config.safety.batch_size),
+                "name": model_dir.parent.name,
+                "max_new_tokens": kwargs["max_new_tokens"],
+            }
     try:
         instance = SUTS.make(sut, **kwargs)
     except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
