@@ -357,7 +357,9 @@ def train_stage(
             if Path(folder).exists():
                 session.log_artifact(run_id, Path(folder), f"adapters/{task}")
         session.log_dict(run_id, result.to_json(), "train_result.json")
-        echo(f"train: stages {t.stages} with {a.kind} in {time.perf_counter() - started:.0f} s -> {result.model_dir}")
+        seconds = time.perf_counter() - started
+        how = "re-used the finished stages" if seconds < 5 else f"trained in {seconds:.0f} s"
+        echo(f"train: stages {t.stages} with {a.kind}, {how} -> {result.model_dir}")
         return {"model_dir": str(result.model_dir), "run_id": run_id, "work_dir": str(work)}
 
 

@@ -60,3 +60,11 @@ def test_secrets_never_reach_params() -> None:
     assert flat["s3.secret_access_key"] == "***"
     assert flat["api_token"] == "***"
     assert "hunter2" not in str(flat) and "t0k" not in str(redact({"API_TOKEN": "t0k"}))
+
+
+def test_metric_names_are_made_mlflow_legal() -> None:
+    from components.tracking.runs import metric_name
+
+    assert metric_name("closed/accuracy/source=phantom") == "closed/accuracy/source:phantom"
+    assert metric_name("safety/vcr/u") == "safety/vcr/u"
+    assert metric_name("a(b)?c") == "a_b__c"
