@@ -12,11 +12,14 @@ Exit codes: 0 ok, 2 usage or config error (nothing is written), 1 a stage failed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -221,7 +224,7 @@ def train(
     """Train on the built dataset: base bootstrap, VQ tokenizer, HealthGPT's stages; then evaluate."""
     ctx = _context(config, overrides)
     from components.config.loader import apply_override
-    from pipelines.stages import StageFailed, base_stage, connect, evaluate_stage, train_stage
+    from pipelines.stages import base_stage, evaluate_stage, train_stage
 
     choices = {"all": "1,2,3", "mixed": "mixed", "1": "1", "2": "2", "3": "3"}
     if stage not in choices:
@@ -238,19 +241,10 @@ def train(
     dataset = ctx.path(ctx.config.data.out)
     if not (dataset / "records.jsonl").exists():
         raise _fail(1, f"no dataset at {dataset}: run `medtune data build` (or `medtune run`) first")
-    session = connect(ctx, "train")
-    parent = session.start_run("train", tags={"medtune.flow": "train", "config_hash": ctx.config_hash})
-    try:
+    with _flow_run(ctx, "train") as (ctx, parent):
         base = base_stage(ctx, parent, console.print)
         trained = train_stage(ctx, parent, console.print, base_dir=base["base_dir"])
         evaluate_stage(ctx, parent, console.print, model_dir=trained["model_dir"])
-    except StageFailed as e:
-        session.finish(parent, failed=True)
-        raise _fail(1, str(e)) from None
-    except BaseException:
-        session.finish(parent, failed=True)
-        raise
-    session.finish(parent)
     console.print(f"model: {trained['model_dir']}  (MLflow run {parent}, experiment 'train')")
 
 
@@ -271,7 +265,7 @@ def safety(
     import yaml
 
     from components.safety import SUTS
-    from pipelines.stages import StageFailed, connect, safety_stage
+    from pipelines.stages import safety_stage
 
     kwargs: dict[str, Any] = {}
     for item in sut_arg or []:
@@ -296,17 +290,8 @@ def safety(
         instance = SUTS.make(sut, **kwargs)
     except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
         raise _fail(2, f"error: SUT {sut!r}: {e}") from None
-    session = connect(ctx, "safety")
-    parent = session.start_run("safety", tags={"medtune.flow": "safety", "config_hash": ctx.config_hash})
-    try:
-        ref = safety_stage(ctx, parent, console.print, sut=instance, experiment="safety")
-    except StageFailed as e:
-        session.finish(parent, failed=True)
-        raise _fail(1, str(e)) from None
-    except BaseException:
-        session.finish(parent, failed=True)
-        raise
-    session.finish(parent)
+    with _flow_run(ctx, "safety") as (ctx, parent):
+        ref = safety_stage(ctx, parent, console.print, sut=instance)
     console.print(f"safety grade {ref['overall']}: MLflow run {parent} (experiment 'safety')")
 
 
@@ -393,6 +378,28 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new work
     configure_environment(state)
     ensure_repo(directory.resolve(), state)
     console.print(f"workspace ready: {directory}  (cd there and run `medtune run`)")
+
+
+@contextmanager
+def _flow_run(ctx: Any, flow: str) -> Iterator[tuple[Any, str]]:
+    """A standalone command's parent MLflow run in the experiment named after it; its stages' child runs go to the
+    same experiment. A failed stage marks the run FAILED and exits 1."""
+    from pipelines.stages import StageFailed, connect
+
+    tags = {"medtune.flow": flow, "config_hash": ctx.config_hash}
+    tracking = ctx.config.tracking.model_copy(update={"experiment": flow})
+    ctx = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"tracking": tracking}))
+    session = connect(ctx)
+    parent = session.start_run(flow, tags=tags)
+    try:
+        yield ctx, parent
+    except StageFailed as e:
+        session.finish(parent, failed=True)
+        raise _fail(1, str(e)) from None
+    except BaseException:
+        session.finish(parent, failed=True)
+        raise
+    session.finish(parent)
 
 
 class _NoProgress:

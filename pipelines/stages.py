@@ -140,10 +140,9 @@ def validate_stage(ctx: Context, parent: str, echo: Echo = _quiet) -> dict[str, 
         return {"success": True, "report": str(report_path), "run_id": run_id}
 
 
-def connect(ctx: Context, experiment: str | None = None) -> TrackingSession:
-    """The tracking session of the retrain experiment (or another flow's experiment)."""
-    name = experiment or ctx.config.tracking.experiment
-    return TrackingSession.connect(ctx.tracking_uri, name, ctx.state.mlflow_artifacts)
+def connect(ctx: Context) -> TrackingSession:
+    """The tracking session of the context's experiment (``tracking.experiment``)."""
+    return TrackingSession.connect(ctx.tracking_uri, ctx.config.tracking.experiment, ctx.state.mlflow_artifacts)
 
 
 def reports_dir(ctx: Context) -> Path:
@@ -172,13 +171,12 @@ def safety_stage(
     *,
     sut: Any = "refuse_all",
     run_dir: Path | None = None,
-    experiment: str | None = None,
 ) -> dict[str, Any]:
     """The safety benchmark on a SUT (an instance or a registered name); grades and report to MLflow."""
     from components.safety import run_safety
 
     cfg = ctx.config.safety
-    session = connect(ctx, experiment)
+    session = connect(ctx)
     with session.child(parent, "safety") as run_id:
         folder = run_dir or ctx.state.runs / f"safety-{run_id}"
         judge = (cfg.judge, dict(cfg.judge_args)) if cfg.judge_args else cfg.judge
@@ -358,8 +356,9 @@ def train_stage(
                 session.log_artifact(run_id, Path(folder), f"adapters/{task}")
         session.log_dict(run_id, result.to_json(), "train_result.json")
         seconds = time.perf_counter() - started
-        how = "re-used the finished stages" if seconds < 5 else f"trained in {seconds:.0f} s"
-        echo(f"train: stages {t.stages} with {a.kind}, {how} -> {result.model_dir}")
+        echo(
+            f"train: stages {t.stages} with {a.kind} in {seconds:.0f} s (finished stages are loaded) -> {result.model_dir}"
+        )
         return {"model_dir": str(result.model_dir), "run_id": run_id, "work_dir": str(work)}
 
 
