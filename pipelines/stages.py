@@ -356,9 +356,7 @@ def train_stage(
                 session.log_artifact(run_id, Path(folder), f"adapters/{task}")
         session.log_dict(run_id, result.to_json(), "train_result.json")
         seconds = time.perf_counter() - started
-        echo(
-            f"train: stages {t.stages} with {a.kind} in {seconds:.0f} s (finished stages are loaded) -> {result.model_dir}"
-        )
+        echo(f"train: stages {t.stages} with {a.kind} in {seconds:.0f} s (finished stages load) -> {result.model_dir}")
         return {"model_dir": str(result.model_dir), "run_id": run_id, "work_dir": str(work)}
 
 
