@@ -40,16 +40,13 @@ This module also holds the small manifest helpers the other JSON readers share (
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.data.deid import pseudonym
-from components.data.records import IMAGE_TOKEN, MODALITIES
+from components.data.records import IMAGE_TOKEN
 from components.data.sources.base import (
     DataError,
     Quarantined,
@@ -59,75 +56,13 @@ from components.data.sources.base import (
     register_source,
     safe_path,
 )
-
-# --- shared helpers (vqa_rad and slake use them too) -------------------------------------------------------
-
-_MODALITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("CT", re.compile(r"\bct\b|\bcta\b|computed tomography", re.I)),
-    ("MRI", re.compile(r"\bmri?\b|magnetic resonance|\bflair\b|\bt[12][- ]weighted\b", re.I)),
-    ("X-ray", re.compile(r"x-?\s?ray|radiograph|\bxr\b|\bcxr\b|\bdx\b|\bcr\b|plain film|mammogra", re.I)),
-    ("ultrasound", re.compile(r"ultrasound|sonograph|\bus\b|echocardiogra", re.I)),
-    ("pathology", re.compile(r"patholog|histolog|microscop|\bwsi\b|h&e|cytolog", re.I)),
+from components.data.sources.manifest import (
+    comprehension_features,
+    load_json_manifest,
+    missing_fields,
+    normalise_modality,
+    resolve_config_path,
 )
-
-
-def normalise_modality(value: object) -> str:
-    """Map a source's modality label onto :data:`MODALITIES` ("X-Ray" -> "X-ray"); unknown -> "other"."""
-    text = str(value or "").strip()
-    for allowed in MODALITIES:
-        if text.lower() == allowed.lower():
-            return allowed
-    for modality, pattern in _MODALITY_PATTERNS:
-        if pattern.search(text):
-            return modality
-    return "other"
-
-
-def resolve_config_path(root: Path, value: str, *, what: str) -> Path:
-    """A path from a source config: absolute as given, else relative to the workspace root; must exist."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = root / path
-    if not path.exists():
-        raise DataError(f"{what}: {path} does not exist")
-    return path
-
-
-def load_json_manifest(path: Path) -> list[Any]:
-    """Parse a JSON list (or ``.jsonl``) manifest; any parse problem is a DataError naming file and position."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror})") from None
-    if path.suffix.lower() == ".jsonl":
-        rows: list[Any] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: invalid JSON on line {lineno}, column {exc.colno}: {exc.msg}") from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, found a {type(data).__name__}")
-    return data
-
-
-def missing_fields(row: object, required: tuple[str, ...]) -> list[str]:
-    """Required keys absent, null or blank in ``row`` (all of them when ``row`` is not an object)."""
-    if not isinstance(row, dict):
-        return list(required)
-    return [k for k in required if row.get(k) is None or (isinstance(row.get(k), str) and not row[k].strip())]
-
-
-# --- the llava_json source ---------------------------------------------------------------------------------
 
 _YES_NO = {"yes", "no", "yes.", "no."}
 _SPEAKER = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
@@ -216,9 +151,7 @@ def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[
             if row.get(name) not in (None, ""):
                 group = pseudonym(ctx.deid_key, str(row[name]))
                 break
-        features = {"task": "comprehension", "modality": modality, "body_part": body_part}
-        if cfg.site:
-            features["site"] = cfg.site
+        features = comprehension_features(modality, body_part, cfg.site)
         for turn_index, (question, answer) in enumerate(pairs):
             kind = cfg.record_kind
             if kind == "auto":

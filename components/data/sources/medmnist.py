@@ -50,7 +50,7 @@ from components.data.sources.base import (
     SourceSample,
     register_source,
 )
-from components.data.sources.llava_json import normalise_modality, resolve_config_path
+from components.data.sources.manifest import comprehension_features, normalise_modality, resolve_config_path
 
 SPLITS = ("train", "val", "test")
 
@@ -89,9 +89,7 @@ def read_medmnist(cfg: MedmnistSourceConfig, ctx: SourceContext) -> Iterator[Sou
         raise DataError(f"{path}: a single array, not a MedMNIST .npz archive")
     modality = normalise_modality(cfg.modality)
     body_part = cfg.body_part.strip().lower() or "unknown"
-    features = {"task": "comprehension", "modality": modality, "body_part": body_part}
-    if cfg.site:
-        features["site"] = cfg.site
+    features = comprehension_features(modality, body_part, cfg.site)
     with archive:
         present = [s for s in SPLITS if f"{s}_images" in archive.files]
         if not present:

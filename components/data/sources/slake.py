@@ -48,7 +48,8 @@ from components.data.sources.base import (
     register_source,
     safe_path,
 )
-from components.data.sources.llava_json import (
+from components.data.sources.manifest import (
+    comprehension_features,
     load_json_manifest,
     missing_fields,
     normalise_modality,
@@ -167,9 +168,7 @@ def read_slake(cfg: SlakeSourceConfig, ctx: SourceContext) -> Iterator[SourceSam
             continue
         modality = normalise_modality(row.get("modality"))
         body_part = _body_part(row.get("location"))
-        features = {"task": "comprehension", "modality": modality, "body_part": body_part}
-        if cfg.site:
-            features["site"] = cfg.site
+        features = comprehension_features(modality, body_part, cfg.site)
         yield SourceSample(
             uid=f"q{qid}",
             image=SourceImage(key=image, path=image_path),

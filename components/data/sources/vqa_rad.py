@@ -57,7 +57,12 @@ from components.data.sources.base import (
     register_source,
     safe_path,
 )
-from components.data.sources.llava_json import load_json_manifest, missing_fields, resolve_config_path
+from components.data.sources.manifest import (
+    comprehension_features,
+    load_json_manifest,
+    missing_fields,
+    resolve_config_path,
+)
 
 ORGANS = {"HEAD": "head", "CHEST": "chest", "ABD": "abdomen"}
 KINDS = {"CLOSED": "vqa_closed", "OPEN": "vqa_open"}
@@ -216,9 +221,7 @@ def read_vqa_rad(cfg: VqaRadSourceConfig, ctx: SourceContext) -> Iterator[Source
         if cfg.use_official_split and official is None:
             yield Quarantined(f"q{qid}", f"{where}: phrase_type {phrase_type!r} names no official split")
             continue
-        features = {"task": "comprehension", "modality": modality, "body_part": body_part}
-        if cfg.site:
-            features["site"] = cfg.site
+        features = comprehension_features(modality, body_part, cfg.site)
         yield SourceSample(
             uid=f"q{qid}",
             image=SourceImage(key=image, path=resolved),

@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from components.data.sources import SOURCES, DataError, Quarantined, SourceContext, SourceSample
-from components.data.sources.llava_json import normalise_modality
+from components.data.sources.manifest import normalise_modality
 from components.data.sources.vqa_rad import infer_modalities
 
 SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
