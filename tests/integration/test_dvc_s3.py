@@ -58,6 +58,7 @@ def test_push_and_pull_through_s3(make_workspace, netguard, s3_endpoint: str) ->
         AWS_ACCESS_KEY_ID="medtune-test",
         AWS_SECRET_ACCESS_KEY=SECRET,
         AWS_DEFAULT_REGION="us-east-1",
+        MEDTUNE_DEID_KEY="medtune-s3-test-deid-key-0123456789",
     )
     s3_cfg = [
         "dvc.remote=s3",
@@ -65,7 +66,7 @@ def test_push_and_pull_through_s3(make_workspace, netguard, s3_endpoint: str) ->
         "dvc.s3.prefix=team/dvc",
         f"dvc.s3.endpoint_url={s3_endpoint}",
     ]
-    small = ["data.sources.phantom.subjects=4", "validate.min_records=10"]
+    small = ["--config", "configs/smoke.yaml"]  # the toy-size pipeline
     run = medtune(["run", *small, *s3_cfg], ws, env)
     assert run.returncode == 0, run.output
     built = _digest(ws / "data" / "vlhealth")
