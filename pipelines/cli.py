@@ -3,7 +3,12 @@
     medtune run                           # the retrain flow on configs/default.yaml
     medtune run data.workers=2            # dotted overrides after the options
     medtune data build | validate | push | pull
+    medtune rank-search                   # ElaLoRA's per-module rank pattern on the base model
+    medtune federated -c configs/federated.yaml    # SLoRA across sites on Flower (simulation or SuperLink)
+    medtune promote [--version N | --run RUN_ID]   # gated move of the champion alias (mlflow/promotion.yaml)
     medtune ui                            # MLflow UI on 127.0.0.1
+    medtune report RUN_ID [-o page.html]  # one static HTML page of a run
+    medtune schedule --cron "0 2 * * *"   # retrain on a schedule (local Prefect server), until Ctrl-C
     medtune config show [--schema]
     medtune init DIR                      # a new workspace (git + DVC) with the default config
 
@@ -249,6 +254,55 @@ def train(
 
 
 @app.command()
+def federated(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option("--model-dir", help="A trained model folder to start from (default: base + train first)."),
+    ] = None,
+) -> None:
+    """Federated SLoRA across the configured sites on Flower (simulation, or a SuperLink in deployment); then
+    evaluate the federated model. Sites come from federated.sites (e.g. -c configs/federated.yaml)."""
+    ctx = _context(config, overrides)
+    from pipelines.federated import federated_stage
+    from pipelines.stages import base_stage, evaluate_stage, train_stage
+
+    if not ctx.config.federated.enabled:
+        raise _fail(2, "error: no sites configured: set federated.sites (e.g. -c configs/federated.yaml)")
+    dataset = ctx.path(ctx.config.data.out)
+    if not (dataset / "records.jsonl").exists():
+        raise _fail(1, f"no dataset at {dataset}: run `medtune data build` (or `medtune run`) first")
+    if model_dir is not None and not (model_dir / "trained.json").is_file():
+        raise _fail(2, f"error: --model-dir {model_dir}: no trained.json (not a `medtune train` model folder)")
+    with _flow_run(ctx, "federated") as (ctx, parent):
+        if model_dir is None:
+            base = base_stage(ctx, parent, console.print)
+            model_dir = Path(train_stage(ctx, parent, console.print, base_dir=base["base_dir"])["model_dir"])
+        fed = federated_stage(ctx, parent, console.print, model_dir=str(model_dir))
+        evaluate_stage(ctx, parent, console.print, model_dir=fed["model_dir"])
+    console.print(f"model: {fed['model_dir']}  (MLflow run {parent}, experiment 'federated')")
+
+
+@app.command("rank-search")
+def rank_search(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Search per-module adapter ranks with ElaLoRA on the base model (runs even if rank_search.enabled is false)."""
+    ctx = _context(config, overrides)
+    from pipelines.stages import base_stage, rank_search_stage
+
+    if not ctx.config.rank_search.enabled:
+        search = ctx.config.rank_search.model_copy(update={"enabled": True})
+        ctx = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"rank_search": search}))
+    dataset = ctx.path(ctx.config.data.out)
+    if not (dataset / "records.jsonl").exists():
+        raise _fail(1, f"no dataset at {dataset}: run `medtune data build` (or `medtune run`) first")
+    with _flow_run(ctx, "rank_search") as (ctx, parent):
+        base = base_stage(ctx, parent, console.print)
+        found = rank_search_stage(ctx, parent, console.print, base_dir=base["base_dir"])
+    console.print(f"rank pattern: {found['pattern_file']}  (MLflow run {parent}, experiment 'rank_search')")
+
+
+@app.command()
 def safety(
     config: ConfigOpt = None,
     overrides: Overrides = None,
@@ -296,6 +350,48 @@ def safety(
 
 
 @app.command()
+def promote(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    version: Annotated[
+        str | None, typer.Option(help="Registered version to promote (default: the challenger).")
+    ] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Promote the version this retrain run registered.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Promotion policy YAML (default: registry.policy of the config).")
+    ] = None,
+) -> None:
+    """Apply the promotion policy to a registered version; move the champion alias if every gate passes.
+
+    Exit 0 promoted, 1 refused (each failed gate is named with its margin), 2 usage error."""
+    if version is not None and run is not None:
+        raise _fail(2, "error: give --version or --run, not both")
+    ctx = _context(config, overrides)
+    from components.tracking.promotion import PolicyError, load_policy
+    from pipelines.promote import promote as promote_flow
+    from pipelines.stages import StageFailed
+
+    policy_path = policy or ctx.path(ctx.config.registry.policy)
+    try:
+        load_policy(policy_path)  # a bad policy is a usage error, reported before anything runs
+    except PolicyError as e:
+        raise _fail(2, f"policy error: {e}") from None
+    try:
+        decision = promote_flow(
+            workspace=str(ctx.workspace),
+            config=str(ctx.config_path),
+            overrides=list(overrides or []),
+            version=version,
+            run=run,
+            policy=str(policy_path),
+        )
+    except StageFailed as e:
+        raise _fail(1, str(e)) from None
+    if decision["decision"] != "promoted":
+        raise typer.Exit(1)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     host: Annotated[
@@ -329,6 +425,71 @@ def ui(
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a retrain (or other flow) parent run.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: reports/run-<id>.html).")] = None,
+    plots: Annotated[bool, typer.Option(help="Embed the stage runs' PNG artifacts.")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Write one static, self-contained HTML page of a run: stage timeline, metrics, plots, safety, promotion.
+    The run is read from the config's tracking store (tracking.uri, $MLFLOW_TRACKING_URI or the state folder)."""
+    ctx = _context(config, None, make_state=False)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from components.reporting import render_report
+    from components.tracking.run_report import RunNotFound, load_run_record
+
+    try:
+        record = load_run_record(ctx.tracking_uri, run_id, with_plots=plots)
+    except RunNotFound as e:
+        raise _fail(1, f"error: {e}") from None
+    target = out or ctx.workspace / "reports" / f"run-{run_id[:12]}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(render_report(record), encoding="utf-8")
+    tmp.replace(target)
+    decision = record.promotion.decision if record.promotion else "no promotion recorded"
+    console.print(f"report of {record.name} run {run_id}: {len(record.stages)} stages, {decision} -> {target}")
+
+
+@app.command()
+def schedule(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    cron: Annotated[str, typer.Option(help="Cron schedule (UTC), e.g. '0 2 * * *' for 02:00 nightly.")] = "0 2 * * *",
+    force: Annotated[bool, typer.Option(help="Retrain even when the data version equals the champion's.")] = False,
+    name: Annotated[str, typer.Option(help="Deployment name (the flow is 'retrain').")] = "scheduled",
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server on 127.0.0.1 (0: a free one).")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the local Prefect server.")] = 120,
+) -> None:
+    """Serve the retrain flow on a cron schedule: a local Prefect server under the state folder (or PREFECT_API_URL)
+    plus a runner, until Ctrl-C. Runs on unchanged data exit early unless --force."""
+    ctx = _context(config, overrides)
+    from contextlib import nullcontext
+
+    from pipelines.schedule import ScheduleError, check_cron, prefect_server, serve_retrain
+
+    try:
+        check_cron(cron)
+    except ValueError as e:
+        raise _fail(2, f"error: --cron {cron!r}: {e}") from None
+    url = os.environ.get("PREFECT_API_URL")
+    home = ctx.state.prefect_home / "server"
+    try:
+        server = nullcontext(url) if url else prefect_server(home, port=port, timeout_s=timeout)
+        if not url:
+            console.print(f"starting a Prefect server on 127.0.0.1 (home {home}) ...")
+        with server as api_url:
+            if not url:
+                console.print(f"Prefect server ready: {api_url.removesuffix('/api')}")
+            serve_retrain(ctx, api_url, cron=cron, overrides=list(overrides or []), force=force, echo=console.print)
+    except ScheduleError as e:
+        raise _fail(1, f"error: {e}") from None
+    except KeyboardInterrupt:
+        pass
+    console.print("schedule stopped" + ("" if url else "; Prefect server shut down"))
 
 
 @config_app.command("show")

@@ -4,10 +4,12 @@
     medtune run --config configs/my.yaml data.workers=2
 
 Stages (DESIGN.md "The main job"): data (dvc repro build) -> validate (Great Expectations gate) -> base (the
-tiny VLM bootstrapped, or a local checkpoint) -> train (HealthGPT's three stages with H-LoRA) -> evaluate
-(medical VQA and generation metrics) -> safety (the benchmark on the candidate). Later stages (rank search,
-federated, register) join :data:`STAGES` in the same shape: a stage function
-``(ctx, parent_run_id, echo, **references) -> dict of references`` wrapped in a thin task.
+tiny VLM bootstrapped, or a local checkpoint) -> rank_search (ElaLoRA's per-module rank pattern, issue 5) -> train
+(HealthGPT's three stages with H-LoRA, at the searched ranks) -> evaluate
+(medical VQA and generation metrics) -> safety (the benchmark on the candidate) -> register (the pyfunc model as
+the challenger; ``champion`` moves if the promotion policy passes: pipelines/promote.py). Later stages join
+:data:`STAGES` in the same shape: a stage function ``(ctx, parent_run_id, echo, **references) -> dict of
+references`` wrapped in a thin task.
 
 The flow opens one parent MLflow run (tags: data version, git commit, config hash) with a child run per stage.
 """
@@ -27,6 +29,8 @@ from components.config import config_dict
 from components.tracking import flatten_params
 from pipelines import stages
 from pipelines.context import Context, git_info, resolve, write_params
+from pipelines.federated import federated_stage
+from pipelines.promote import register_stage
 
 StageFn = Callable[..., dict[str, Any]]
 
@@ -45,10 +49,53 @@ STAGES: list[Stage] = [
     Stage("data", stages.data_stage),
     Stage("validate", stages.validate_stage),
     Stage("base", stages.base_stage, {"data_version": ("data", "data_version")}),
-    Stage("train", stages.train_stage, {"base_dir": ("base", "base_dir"), "data_version": ("data", "data_version")}),
+    Stage(
+        "rank_search",
+        stages.rank_search_stage,
+        {"base_dir": ("base", "base_dir"), "data_version": ("data", "data_version")},
+    ),
+    Stage(
+        "train",
+        stages.train_stage,
+        {
+            "base_dir": ("base", "base_dir"),
+            "data_version": ("data", "data_version"),
+            "rank_pattern_file": ("rank_search", "pattern_file"),
+        },
+    ),
     Stage("evaluate", stages.evaluate_stage, {"model_dir": ("train", "model_dir")}),
     Stage("safety", stages.model_safety_stage, {"model_dir": ("train", "model_dir")}),
+    Stage(
+        "register",
+        register_stage,
+        {
+            "model_dir": ("train", "model_dir"),
+            "metrics": ("evaluate", "metrics"),
+            "safety_result": ("safety", "result"),
+            "validation_report": ("validate", "report"),
+        },
+    ),
 ]
+
+
+def stages_for(ctx: Context) -> list[Stage]:
+    """:data:`STAGES`, plus ``federated`` after ``train`` when the config names sites (issue 7): it takes the
+    trained model and the stages that read ``train``'s model read the federated one instead."""
+    if not ctx.config.federated.enabled:
+        return list(STAGES)
+    fed = Stage(
+        "federated",
+        federated_stage,
+        {"model_dir": ("train", "model_dir"), "data_version": ("data", "data_version")},
+    )
+    out: list[Stage] = []
+    for stage in STAGES:
+        rewired = {k: ("federated", key) if src == "train" and key == "model_dir" else (src, key)
+                   for k, (src, key) in stage.inputs.items()}  # fmt: skip
+        out.append(Stage(stage.name, stage.fn, rewired))
+        if stage.name == "train":
+            out.append(fed)
+    return out
 
 
 def _echo(line: str) -> None:
@@ -64,15 +111,35 @@ def _as_task(stage: Stage) -> Stage:
 
 
 @flow(name="retrain", validate_parameters=False)
-def retrain(workspace: str, config: str, overrides: list[str]) -> dict[str, Any]:
-    """Build and validate VL-Health (then, as they land, train, evaluate, grade and register)."""
+def retrain(workspace: str, config: str, overrides: list[str], skip_unchanged: bool = False) -> dict[str, Any]:
+    """Build and validate VL-Health (then, as they land, train, evaluate, grade and register). With
+    ``skip_unchanged`` (scheduled runs) it stops after the data stage when the champion has the same data version."""
     ctx = resolve(Path(config), overrides, workspace=Path(workspace))
-    return run_stages(ctx, [_as_task(stage) for stage in STAGES], _echo)
+    return run_stages(ctx, [_as_task(stage) for stage in stages_for(ctx)], _echo, skip_unchanged=skip_unchanged)
 
 
-def run_stages(ctx: Context, sequence: Sequence[Stage] = STAGES, echo: stages.Echo = print) -> dict[str, Any]:
+#: Parent-run tag of a run that exited early; its value says why.
+SKIPPED_TAG = "medtune.retrain.skipped"
+
+
+def unchanged_since_champion(ctx: Context, data_version: str) -> str | None:
+    """Why this run need not go on (the champion was trained on ``data_version``), or None. The champion is the
+    registered model's ``champion`` alias; its version's ``data_version`` tag is compared."""
+    from components.tracking.run_report import champion_data_version
+
+    champion = champion_data_version(ctx.tracking_uri, ctx.config.registry.name)
+    if champion is None or champion.data_version != data_version:
+        return None
+    return f"data version {data_version} unchanged since champion {champion.model} version {champion.version}"
+
+
+def run_stages(
+    ctx: Context, sequence: Sequence[Stage] = STAGES, echo: stages.Echo = print, *, skip_unchanged: bool = False
+) -> dict[str, Any]:
     """Open the parent run, run the stages in order, close the parent run. Shared by the flow (tasks) and the
-    orchestration benchmark (plain functions)."""
+    orchestration benchmark (plain functions). With ``skip_unchanged``, once a stage reports the data version and
+    the champion already has it, the run ends there (FINISHED, tagged :data:`SKIPPED_TAG` and promotion decision
+    ``skipped``)."""
     write_params(ctx)
     session = stages.connect(ctx)
     tags = {"medtune.flow": "retrain", "config_hash": ctx.config_hash, **git_info(ctx.workspace)}
@@ -85,6 +152,12 @@ def run_stages(ctx: Context, sequence: Sequence[Stage] = STAGES, echo: stages.Ec
             refs[stage.name] = stage.fn(ctx, parent, echo, **kwargs)
             if "data_version" in refs[stage.name]:
                 session.set_tags(parent, {"data_version": refs[stage.name]["data_version"]})
+                reason = skip_unchanged and unchanged_since_champion(ctx, refs[stage.name]["data_version"])
+                if reason:
+                    echo(f"retrain: skipped, {reason} (a forced run trains anyway)")
+                    session.set_tags(parent, {SKIPPED_TAG: reason, "medtune.promotion.decision": "skipped"})
+                    refs["skipped"] = reason
+                    break
     except BaseException:
         session.finish(parent, failed=True)
         raise

@@ -293,17 +293,91 @@ def _checkpoint_base(ctx: Context, args: Any) -> Path:
     return folder
 
 
-def train_stage(
+def rank_search_stage(
     ctx: Context, parent: str, echo: Echo = _quiet, *, base_dir: str, data_version: str = ""
 ) -> dict[str, Any]:
+    """ElaLoRA's rank search on the base (issue 5): the per-module rank pattern the train stage uses, with its heat
+    map and trajectory logged to the stage's child run; the folder is keyed by config, base and data version.
+    ``rank_search.enabled: false`` skips it (``pattern_file`` None: the train stage keeps adapter.rank_pattern)."""
+    from components.training.rank_search import SearchArgs, search_ranks
+
+    cfg = ctx.config
+    session = connect(ctx)
+    with session.child(parent, "rank_search") as run_id:
+        rs, a = cfg.rank_search, cfg.adapter
+        session.log_params(run_id, {"rank_search.enabled": rs.enabled})
+        if not rs.enabled:
+            echo("rank_search: disabled (rank_search.enabled false); training uses adapter.rank_pattern")
+            return {"pattern_file": None, "run_id": run_id}
+        key = _section_hash(ctx, "model", "base", "rank_search", "adapter", "seed", data_version=data_version)
+        args = SearchArgs(
+            steps=rs.steps, rank=a.rank, r_max=rs.r_max, b0=rs.b0, k=rs.k, delta_t=rs.delta_t, t_init=rs.t_init,
+            t_final=rs.t_final, grace=rs.grace, gamma=rs.gamma, lr=rs.lr, batch_size=rs.batch_size, seed=cfg.seed,
+            target_modules=a.target_modules,
+        )  # fmt: skip
+        result = search_ranks(
+            base_dir, ctx.path(cfg.data.out), ctx.state.root / "rank_search" / key, args,
+            on_metrics=_metrics_logger(session, run_id), device=cfg.train.device,
+        )  # fmt: skip
+        ranks = list(result.pattern.values())
+        session.log_params(
+            run_id,
+            {f"rank_search.{k}": v for k, v in {"steps": rs.steps, "r0": a.rank, "r_max": args.r_max or 2 * a.rank,
+             "b0": rs.b0, "k": rs.k, "delta_t": rs.delta_t, "reused": result.reused}.items()},
+        )  # fmt: skip
+        session.log_metrics(
+            run_id,
+            {"rank_search/seconds": result.seconds, "rank_search/rounds": float(result.rounds),
+             "rank_search/moved": float(result.moved), "rank_search/min_rank": float(min(ranks)),
+             "rank_search/max_rank": float(max(ranks)), "rank_search/total_rank": float(sum(ranks))},
+        )  # fmt: skip
+        for path in (result.pattern_file, result.trajectory_file):
+            session.log_artifact(run_id, path, "rank_search")
+        for path in (result.heatmap, result.trajectory_plot):
+            session.log_artifact(run_id, path, "plots")
+        how = "re-used" if result.reused else f"{result.rounds} rounds, {result.moved} ranks moved"
+        echo(f"rank_search: ranks {min(ranks)}..{max(ranks)} per matrix (r0 {a.rank}; {how}) -> {result.pattern_file}")
+        return {"pattern_file": str(result.pattern_file), "run_id": run_id, "reused": result.reused}
+
+
+def searched_rank_pattern(ctx: Context, pattern_file: str | None, echo: Echo = _quiet) -> dict[str, int] | None:
+    """The rank search's pattern in the configured adapter kind's terms (H-LoRA: multiples of its experts), or None
+    when there is none or the kind takes no rank pattern."""
+    from components.adapters.elalora import pattern_for_kind
+
+    if not pattern_file:
+        return None
+    kind = ctx.config.adapter.kind
+    if kind not in ("hlora", "lora"):
+        echo(f"train: adapter kind {kind} takes no rank pattern; the rank search's result is not used")
+        return None
+    pattern = json.loads(Path(pattern_file).read_text())
+    return pattern_for_kind(pattern, kind, num_experts=ctx.config.adapter.experts)
+
+
+def train_stage(
+    ctx: Context,
+    parent: str,
+    echo: Echo = _quiet,
+    *,
+    base_dir: str,
+    data_version: str = "",
+    rank_pattern_file: str | None = None,
+) -> dict[str, Any]:
     """HealthGPT's three stages (or the mixed ablation) with the configured adapter; the work folder is keyed by
-    the training config and the data version, so an unchanged re-run loads finished stages instead of training."""
+    the training config and the data version, so an unchanged re-run loads finished stages instead of training.
+    ``rank_pattern_file`` (the rank search's pattern.json) replaces adapter.rank_pattern and enters the key."""
     from components.models.vq import VQConfig
     from components.training.recipe import train_recipe
 
     cfg = ctx.config
     session = connect(ctx)
     with session.child(parent, "train") as run_id:
+        searched = searched_rank_pattern(ctx, rank_pattern_file, echo)
+        pattern = searched if searched is not None else dict(cfg.adapter.rank_pattern)
+        pattern_json = json.dumps(pattern, sort_keys=True)
+        if searched is not None:  # the searched pattern decides the weights: it is part of the work folder's key
+            data_version = f"{data_version}+ranks:{hashlib.sha256(pattern_json.encode()).hexdigest()[:12]}"
         key = _section_hash(ctx, "model", "base", "vq", "adapter", "train", "seed", data_version=data_version)
         work = ctx.state.root / "train" / key
         args = model_args(ctx)
@@ -312,6 +386,14 @@ def train_stage(
             run_id,
             {"train.work_dir": str(work), "adapter.kind": a.kind, "adapter.rank": a.rank, "train.stages": t.stages},
         )
+        session.log_params(
+            run_id,
+            {
+                "adapter.rank_pattern": pattern_json,
+                "adapter.rank_pattern_source": "rank_search" if searched else "config",
+            },
+        )
+        session.log_dict(run_id, pattern, "rank_pattern.json")
         started = time.perf_counter()
         result = train_recipe(
             ctx.path(cfg.data.out),
@@ -333,8 +415,11 @@ def train_stage(
             num_experts=a.experts,
             alpha=a.alpha,
             dropout=a.dropout,
-            rank_pattern=dict(a.rank_pattern),
+            rank_pattern=pattern,
             target_modules=a.target_modules,
+            features=a.features,
+            rank_per_feature=a.rank_per_feature,
+            feature_dropout=a.feature_dropout,
             stage_steps={1: t.stage1.steps, 2: t.stage2.steps, 3: t.stage3.steps},
             stage_lr={1: t.stage1.lr, 2: t.stage2.lr, 3: t.stage3.lr, "mixed": t.stage3.lr},
             batch_size=t.batch_size,
@@ -400,6 +485,9 @@ def model_safety_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, model_
     from components.safety.vlm import vlm_generator
     from components.training.plugins import load_trained
 
+    if ctx.config.safety.sut != "medtune":  # a canned SUT (safety.sut), to exercise the promotion gates
+        echo(f"safety: grading the canned SUT '{ctx.config.safety.sut}', not the candidate (safety.sut)")
+        return safety_stage(ctx, parent, echo, sut=ctx.config.safety.sut)
     model = load_trained(Path(model_dir))
     generate = vlm_generator(model, model.tokenizer, batch_size=ctx.config.safety.batch_size)
     sut = SUTS.make(

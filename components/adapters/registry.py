@@ -10,9 +10,17 @@ Every kind takes the same arguments, so a trainer can switch methods by name and
 - ``rank`` is the *total* rank of an adapted layer. For ``lora`` it is r; for ``hlora`` it is k x r
   (``num_experts`` k, default 4, so ``rank=64`` means 4 experts of rank 16). Both then hold about the same A/B
   parameters; H-LoRA adds a router of k x d_in per layer.
+  For ``elalora`` it is the initial rank r0 of every matrix (``r_max`` slots, default 2 x r0): the total
+  r0 x matrices stays fixed while a rank search moves ranks (:mod:`components.adapters.elalora`).
 - ``alpha=None`` means 2 x the total rank (HealthGPT's setting, METHODS.md §1), per module when a
   ``rank_pattern`` changes the rank, so the scale stays the same in every module: 2 for LoRA, 2k for H-LoRA
   (whose scale is alpha / rank per expert).
+- ``flix`` (METHODS.md §3) needs ``features`` (feature name -> its values, the vocabulary) in ``method_kwargs``.
+  Its ``rank`` is the total rank *one example* sees, summed over its F features: each feature value gets
+  ``rank // F`` (``rank`` must be a multiple of F), so a FLix example has the capacity of a LoRA of rank ``rank``
+  while the layer holds V x ``rank // F`` rows for V values in all; ``rank_per_feature=`` in ``method_kwargs``
+  sets it directly instead (``rank`` is then ignored). ``alpha=None`` gives a scale of 2 per feature; a given
+  ``alpha`` is per feature value (scale alpha / rank per feature, peft's rule per adapter).
 - ``target_modules=None`` means every ``nn.Linear`` of the language model except the output head
   (:func:`~components.adapters.peft_ext.lm_linear_targets`).
 - ``rank_pattern`` maps a module-name regex or suffix to that module's total rank (a rank search's output).
@@ -31,6 +39,8 @@ from typing import Any
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
+from components.adapters.elalora import ElaLoraConfig
+from components.adapters.flix import FLixConfig
 from components.adapters.hlora import HLoraConfig
 from components.adapters.peft_ext import lm_linear_targets
 
@@ -105,9 +115,69 @@ def _hlora_config(
     )
 
 
+def _elalora_config(
+    model: nn.Module,
+    target_modules: list[str] | str | None,
+    rank: int,
+    alpha: float | None,
+    dropout: float,
+    rank_pattern: dict[str, int],
+    method_kwargs: dict[str, Any],
+) -> PeftConfig:
+    # rank is the initial rank r0 of every matrix (the budget is r0 x matrices); alpha None = 2 x r0, so the fixed
+    # scale alpha / r0 is 2 as for LoRA. Schedule keys (total_step, t_init, r_max, b0, k ...) go in method_kwargs.
+    return ElaLoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        rank_pattern=dict(rank_pattern),
+        **method_kwargs,
+    )
+
+
+def _flix_config(
+    model: nn.Module,
+    target_modules: list[str] | str | None,
+    rank: int,
+    alpha: float | None,
+    dropout: float,
+    rank_pattern: dict[str, int],
+    method_kwargs: dict[str, Any],
+) -> PeftConfig:
+    kwargs = dict(method_kwargs)
+    features = kwargs.pop("features", None)
+    if not isinstance(features, dict) or not features:
+        raise ValueError("flix: pass features={name: [values, ...], ...} (the vocabulary of feature values)")
+    per_feature = kwargs.pop("rank_per_feature", None)
+    if per_feature is None:
+        if rank % len(features):
+            raise ValueError(
+                f"flix: rank is the TOTAL rank of an example (features x rank per feature); {rank} is not a multiple "
+                f"of the {len(features)} features {sorted(features)}: change rank or pass rank_per_feature"
+            )
+        per_feature = rank // len(features)
+    # target_modules=None is resolved by FLixModel itself (the same lm_linear_targets), as for H-LoRA.
+    return FLixConfig(
+        features=features,
+        r=int(per_feature),
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        rank_pattern=dict(rank_pattern),
+        **kwargs,
+    )
+
+
 ADAPTER_KINDS: dict[str, AdapterKind] = {
     "lora": AdapterKind("lora", "peft's LoRA (its own LoraConfig)", _lora_config),
     "hlora": AdapterKind("hlora", "HealthGPT's H-LoRA: k fused experts, per-token router (METHODS §1)", _hlora_config),
+    "elalora": AdapterKind(
+        "elalora", "ElaLoRA: SVD-form LoRA whose ranks move between matrices (METHODS §2)", _elalora_config
+    ),
+    "flix": AdapterKind(
+        "flix", "FLix: a low-rank adapter per feature value, composed per example (METHODS §3)", _flix_config
+    ),
 }
 
 

@@ -164,7 +164,9 @@ class VQSettings(Strict):
 
 
 class AdapterConfig(Strict):
-    kind: Literal["hlora", "lora"] = Field("hlora", description="Adapter method: hlora (H-LoRA) or lora.")
+    kind: Literal["hlora", "lora", "flix"] = Field(
+        "hlora", description="Adapter method: hlora (H-LoRA), lora, or flix (FLix, METHODS.md §3)."
+    )
     rank: int = Field(16, ge=1, description="Total rank of the comprehension plugin (H-LoRA: experts x rank).")
     generation_rank: int | None = Field(32, ge=1, description="Total rank of the generation plugin (null: rank).")
     experts: int = Field(4, ge=1, description="H-LoRA experts per plugin.")
@@ -174,8 +176,42 @@ class AdapterConfig(Strict):
         None, description="Module names to adapt; null: every Linear of the LM except the output head."
     )
     rank_pattern: dict[str, int] = Field(
-        default_factory=dict, description="Module name -> total rank (a rank search's output)."
+        default_factory=dict,
+        description="Module name -> total rank of the comprehension plugin (a rank search's output; the generation "
+        "plugin's ranks are these x generation_rank / rank).",
     )
+    features: list[str] = Field(
+        default_factory=lambda: ["task", "modality"],
+        description="FLix: record features (task, modality, body_part, site ...) whose values each own an adapter; "
+        "the values are those of the train split, an unseen value falls back to the other features.",
+    )
+    rank_per_feature: int | None = Field(
+        None,
+        ge=1,
+        description="FLix: rank of each feature value's adapter, both plugins; null: rank (generation_rank for the "
+        "generation plugin) divided by the number of features.",
+    )
+    feature_dropout: float = Field(
+        0.1, ge=0, lt=1, description="FLix: per example and feature, the probability of dropping it in training."
+    )
+
+    @model_validator(mode="after")
+    def _flix_features(self) -> AdapterConfig:
+        if self.kind != "flix":
+            return self
+        if not self.features or any(not f.strip() for f in self.features):
+            raise ValueError(f"adapter.features: FLix needs at least one non-empty feature name, got {self.features}")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"adapter.features: a feature is listed twice in {self.features}")
+        if self.rank_per_feature is None:
+            for key, rank in (("rank", self.rank), ("generation_rank", self.generation_rank)):
+                if rank is not None and rank % len(self.features):
+                    raise ValueError(
+                        f"adapter.{key}: {rank} is not a multiple of the {len(self.features)} features "
+                        f"{self.features} (FLix splits an example's rank over its features); set "
+                        "adapter.rank_per_feature or change the rank"
+                    )
+        return self
 
 
 class StageSettings(Strict):
@@ -234,6 +270,98 @@ class SafetyConfig(Strict):
     )
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Response cap (the benchmark uses 500).")
     batch_size: int = Field(8, ge=1, description="Prompts per SUT call.")
+    sut: Literal["medtune", "refuse_all", "comply_all"] = Field(
+        "medtune",
+        description="What retrain's safety stage grades: medtune (the trained candidate) or a canned SUT, to test "
+        "the promotion gates (a policy with safety.require_candidate_sut refuses a canned SUT's grades).",
+    )
+
+
+class RegistryConfig(Strict):
+    name: str = Field("medtune-vlm", min_length=1, description="Registered model name in MLflow's model registry.")
+    policy: str = Field(
+        "mlflow/promotion.yaml", description="Promotion policy (gates) file, relative to the workspace."
+    )
+    promote: bool = Field(
+        True,
+        description="Apply the policy after registering and move the champion alias when every gate passes; false: "
+        "register as challenger only (decision 'skipped').",
+    )
+
+
+class RankSearchConfig(Strict):
+    enabled: bool = Field(
+        True,
+        description="Run the ElaLoRA rank search (METHODS.md §2) before training; its per-module rank pattern then "
+        "replaces adapter.rank_pattern in the train stage.",
+    )
+    steps: int = Field(150, ge=1, description="Optimizer steps of the search (ElaLoRA on the comprehension data).")
+    r_max: int | None = Field(None, ge=1, description="Rank slots per matrix (the most it can grow to); null: 2 x r0.")
+    b0: int = Field(4, ge=0, description="Ranks moved in the first round; decays as round(b0 (1 - p^3)).")
+    k: int = Field(2, ge=1, description="Lowest ranks each matrix offers to the pool per round (at most r - 1).")
+    delta_t: int = Field(10, ge=1, description="Steps between reallocation rounds (Δ).")
+    t_init: int = Field(30, ge=0, description="Warm-up steps before the first round.")
+    t_final: int = Field(30, ge=0, description="Last steps with the ranks frozen.")
+    grace: int = Field(0, ge=0, description="Steps a newly grown rank cannot be pruned; 0: one Δ.")
+    gamma: float = Field(0.1, ge=0, description="Weight γ of the orthogonality regulariser.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the search (cosine schedule).")
+    batch_size: int = Field(8, ge=1, description="Records per search step.")
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> RankSearchConfig:
+        if self.t_init + self.t_final > self.steps:
+            raise ValueError(f"t_init ({self.t_init}) + t_final ({self.t_final}) exceed steps ({self.steps})")
+        return self
+
+
+class FederatedConfig(Strict):
+    """SLoRA across sites on Flower (METHODS.md §4; issue 7). Off unless ``sites`` names at least two."""
+
+    sites: list[str] = Field(
+        default_factory=list,
+        description="Sites (features.site values) that train together; empty turns the federated stage off.",
+    )
+    method: Literal["slora", "fedavg_lora", "fedavg_full"] = Field(
+        "slora", description="slora (sparse rounds, SVD init, LoRA rounds), or a baseline: fedavg_lora, fedavg_full."
+    )
+    rounds_sparse: int = Field(2, ge=0, description="R1: SLoRA's sparse rounds on the shared mask.")
+    rounds_lora: int = Field(3, ge=0, description="R2: LoRA rounds after the SVD initialisation.")
+    density: float = Field(0.01, gt=0, le=1, description="d: density of the shared random mask.")
+    rank: int = Field(8, ge=1, description="r: LoRA rank of the federated update.")
+    min_sites: int = Field(2, ge=1, description="A round with fewer valid site updates fails the run.")
+    partition: Literal["site", "dirichlet"] = Field(
+        "site", description="site: each site keeps its own records; dirichlet: Dirichlet(alpha) over answers."
+    )
+    alpha: float = Field(1.0, gt=0, description="Dirichlet concentration (partition: dirichlet); smaller: more skew.")
+    local_steps: int = Field(5, ge=1, description="Optimizer steps per site per round.")
+    lr: float = Field(1e-3, gt=0, description="Sites' AdamW learning rate.")
+    batch_size: int = Field(8, ge=1, description="Sites' batch size.")
+    mode: Literal["simulation", "deployment"] = Field(
+        "simulation",
+        description="simulation: Flower's engine, all sites on this machine; deployment: `flwr run` on a SuperLink.",
+    )
+    connection: str = Field(
+        "medtune", description="Deployment: the SuperLink connection name in $FLWR_HOME/config.toml."
+    )
+    app_dir: str = Field("infra/flower", description="Deployment: the Flower app folder (FAB) to submit.")
+    round_timeout: float = Field(300.0, gt=0, description="Seconds the server waits for a round's replies.")
+    node_wait_timeout: float = Field(120.0, gt=0, description="Seconds the server waits for min_sites nodes.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sites)
+
+    @model_validator(mode="after")
+    def _check(self) -> FederatedConfig:
+        if self.sites and len(set(self.sites)) < 2:
+            raise ValueError("sites: name at least two distinct sites (or none to turn the stage off)")
+        if self.sites and self.min_sites > len(self.sites):
+            raise ValueError(f"min_sites={self.min_sites} exceeds the {len(self.sites)} sites named")
+        if self.method == "slora" and (self.rounds_sparse < 1 or self.rounds_lora < 1):
+            raise ValueError("method slora needs rounds_sparse >= 1 and rounds_lora >= 1")
+        if self.rounds_sparse + self.rounds_lora < 1:
+            raise ValueError("rounds_sparse + rounds_lora must be at least 1")
+        return self
 
 
 class MedtuneConfig(Strict):
@@ -248,8 +376,18 @@ class MedtuneConfig(Strict):
     base: BaseSettings = Field(default_factory=BaseSettings, description="Bootstrap of the tiny base model.")
     vq: VQSettings = Field(default_factory=VQSettings, description="The VQ image tokenizer.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter method and ranks.")
+    rank_search: RankSearchConfig = Field(
+        default_factory=RankSearchConfig,
+        description="ElaLoRA adapter-rank search before training (r0 = adapter.rank, the comprehension plugin's).",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="HealthGPT's three training stages.")
+    federated: FederatedConfig = Field(
+        default_factory=FederatedConfig, description="Federated SLoRA across sites (off unless sites are named)."
+    )
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation after training.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="The safety benchmark.")
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="Model registration and gated promotion."
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -17,6 +17,10 @@ Usage::
     batch = collate(records)          # input_ids, attention_mask, labels, pixel_values, tasks
     loss = model(**batch).loss
 
+``with_features=True`` (FLix, METHODS.md §3) adds ``flix_features``, each record's ``features`` mapping in batch
+order, which the model call hands to the FLix layers (:mod:`components.adapters.flix.features`); leave it off for
+other adapters, whose models do not take the keyword.
+
 Padding is on the right for training (:meth:`VLMCollator.prompts` pads on the left for generation). Sequences longer
 than ``max_length`` are cut at the right end; it is an error when the image placeholders do not fit, when nothing of
 the answer would remain, or when a generation record's code block would be cut (a partial grid would teach the
@@ -28,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -53,6 +57,7 @@ class Batch(TypedDict):
     labels: Tensor
     pixel_values: Tensor
     tasks: list[str]
+    flix_features: NotRequired[list[dict[str, Any]]]  # only with VLMCollator(with_features=True)
 
 
 class PromptBatch(TypedDict):
@@ -103,8 +108,10 @@ class VLMCollator:
         load_image: LoadImage,
         target_codes: TargetCodes | None = None,
         max_length: int = 512,
+        with_features: bool = False,
     ) -> None:
         self.tok = tokenizer
+        self.with_features = with_features
         self.n_image = num_image_tokens
         self.load_image = load_image
         self.target_codes = target_codes
@@ -226,13 +233,16 @@ class VLMCollator:
             ids[i, : len(e.ids)] = torch.tensor(e.ids)
             labels[i, : len(e.labels)] = torch.tensor(e.labels)
             mask[i, : len(e.ids)] = 1
-        return Batch(
+        batch = Batch(
             input_ids=ids,
             attention_mask=mask,
             labels=labels,
             pixel_values=torch.stack([self.load_image(r["image"]) for r in records]),
             tasks=[self._task(r) for r in records],
         )
+        if self.with_features:  # the keyword of components.adapters.flix.FEATURES_KWARG
+            batch["flix_features"] = [dict(r.get("features") or {}) for r in records]
+        return batch
 
     def prompts(self, records: Sequence[Mapping[str, Any]], task: str | None = None) -> PromptBatch:
         """Generation prompts (the conversation without its last answer), left-padded; ``task`` overrides each

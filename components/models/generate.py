@@ -13,7 +13,9 @@ the attention mask, decoding is argmax (temperature 0, as the safety benchmark a
 :func:`generate_image_codes` appends ``<img_start>`` to every prompt, then allows only the K code tokens for exactly
 ``num_codes`` steps: the count is right by construction. The collator's template makes the prompts, so they match
 training token for token. Image-code generation always uses the generation task (shallow HVP level, generation
-projector), whatever the record's task says.
+projector), whatever the record's task says. Each chunk is decoded inside
+``components.adapters.flix.use_features`` with its records' ``features`` (the generation task forced for images),
+so a FLix model composes every example's adapters in every decoding step; other models ignore it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ def _batches(records: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [records[i : i + size] for i in range(0, len(records), size)]
 
 
+def _features(records: Sequence[Mapping[str, Any]], task: str | None = None) -> Any:
+    """The FLix per-example features of a chunk for every LM call of its decoding loop (METHODS.md §3)."""
+    from components.adapters.flix.features import use_features  # lazy: peft is only needed with adapters
+
+    rows = [dict(r.get("features") or {}) for r in records]
+    return use_features([{**row, "task": task} for row in rows] if task else rows)
+
+
 class _Eval:
     """Put a model in eval mode for a block and restore its mode after."""
 
@@ -114,7 +124,10 @@ def answer_questions(
     with _Eval(model):
         for chunk in _batches(records, batch_size):
             batch = collate.prompts(chunk)
-            new = greedy_decode(model, **batch, max_new_tokens=max_new_tokens, stop_id=collate.eos, pad_id=collate.pad)
+            with _features(chunk):
+                new = greedy_decode(
+                    model, **batch, max_new_tokens=max_new_tokens, stop_id=collate.eos, pad_id=collate.pad
+                )
             for row in new.tolist():
                 if collate.eos in row:
                     row = row[: row.index(collate.eos)]
@@ -146,16 +159,17 @@ def generate_image_codes(
             start = torch.full((batch["input_ids"].shape[0], 1), codes.start, dtype=torch.long)
             ids = torch.cat([batch["input_ids"], start], dim=1)
             mask = torch.cat([batch["attention_mask"], torch.ones_like(start)], dim=1)
-            new = greedy_decode(
-                model,
-                ids,
-                mask,
-                batch["pixel_values"],
-                batch["tasks"],
-                max_new_tokens=num_codes,
-                allowed_ids=codes.codes,
-                pad_id=collate.pad,
-            )
+            with _features(chunk, task="generation"):
+                new = greedy_decode(
+                    model,
+                    ids,
+                    mask,
+                    batch["pixel_values"],
+                    batch["tasks"],
+                    max_new_tokens=num_codes,
+                    allowed_ids=codes.codes,
+                    pad_id=collate.pad,
+                )
             chunks.append(index[new.cpu()])
     out = torch.cat(chunks, dim=0)
     if out.shape[1] != num_codes or bool((out < 0).any()):

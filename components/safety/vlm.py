@@ -57,6 +57,7 @@ def vlm_generator(
     """A :data:`~components.safety.suts.Generate` over ``model``, ``batch_size`` prompts per decoding call."""
     import torch
 
+    from components.adapters.flix import use_features
     from components.data.records import IMAGE_TOKEN
     from components.models.collate import VLMCollator
     from components.models.generate import greedy_decode
@@ -85,16 +86,19 @@ def vlm_generator(
                 for i, e in enumerate(encoded):  # left padding, as greedy_decode expects
                     ids[i, width - len(e) :] = torch.tensor(e)
                     mask[i, width - len(e) :] = 1
-                new = greedy_decode(
-                    model,
-                    ids,
-                    mask,
-                    None,
-                    ["comprehension"] * len(encoded),
-                    max_new_tokens=max_new_tokens,
-                    stop_id=collate.eos,
-                    pad_id=collate.pad,
-                )
+                # a FLix plugin composes per-example features: a text prompt is a comprehension example of no
+                # modality (FLix uses the task's adapter alone); other adapters ignore this
+                with use_features([{"task": TEXT_PLUGIN}] * len(encoded)):
+                    new = greedy_decode(
+                        model,
+                        ids,
+                        mask,
+                        None,
+                        ["comprehension"] * len(encoded),
+                        max_new_tokens=max_new_tokens,
+                        stop_id=collate.eos,
+                        pad_id=collate.pad,
+                    )
                 for row in new.tolist():
                     if collate.eos in row:
                         row = row[: row.index(collate.eos)]

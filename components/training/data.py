@@ -96,6 +96,8 @@ def reconstruction_records(records: Iterable[Record]) -> list[Record]:
                     "task": "generation",
                     "kind": "reconstruction",
                     "split": r.get("split", "train"),
+                    # the image's own features as a generation example (FLix composes its adapters from them)
+                    "features": {**(r.get("features") or {}), "task": "generation"},
                     "conversations": [
                         {"from": "human", "value": RECONSTRUCTION_PROMPT},
                         {"from": "gpt", "value": RECONSTRUCTION_ANSWER},

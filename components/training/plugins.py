@@ -51,25 +51,45 @@ VERSION = 1
 class AdapterArgs:
     """The two plugins. ``rank`` is the total rank of a plugin (H-LoRA: ``num_experts`` x rank per expert)."""
 
-    kind: str = "hlora"  # "hlora" or "lora" (components.adapters registry)
+    kind: str = "hlora"  # "hlora", "lora", "flix" ... (components.adapters registry)
     rank: int = 16  # comprehension plugin, total rank
     generation_rank: int | None = None  # generation plugin (None: = rank); HealthGPT uses 4x the comprehension rank
     num_experts: int = 4  # H-LoRA experts (ignored by "lora")
     alpha: float | None = None  # None: 2 x total rank (HealthGPT)
     dropout: float = 0.05
-    rank_pattern: dict[str, int] = field(default_factory=dict)  # module regex/suffix -> total rank (rank search)
+    # module regex/suffix -> total rank of the comprehension plugin (a rank search's output, issue 5); the generation
+    # plugin gets the same pattern scaled by generation_rank / rank, so each plugin keeps its own budget
+    rank_pattern: dict[str, int] = field(default_factory=dict)
     target_modules: list[str] | None = None  # None: every Linear of the LM except lm_head
+    # FLix (METHODS.md §3): feature name -> its values (the vocabulary, e.g. the train split's values), the rank of
+    # each value's adapter (None: the plugin's total rank / number of features) and the feature dropout.
+    feature_values: dict[str, list[str]] = field(default_factory=dict)
+    rank_per_feature: int | None = None
+    feature_dropout: float = 0.1
+
+    def pattern_for(self, task: str) -> dict[str, int]:
+        """``rank_pattern`` for ``task``'s plugin: as given for comprehension, x generation_rank / rank (rounded,
+        at least 1) for generation. H-LoRA then rounds each total down to a multiple of its experts."""
+        ratio = (self.generation_rank or self.rank) / self.rank if task == "generation" else 1.0
+        return {key: max(1, round(value * ratio)) for key, value in self.rank_pattern.items()}
 
     def for_task(self, task: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "rank": self.generation_rank if task == "generation" and self.generation_rank else self.rank,
             "alpha": self.alpha,
             "dropout": self.dropout,
-            "rank_pattern": dict(self.rank_pattern),
+            "rank_pattern": self.pattern_for(task),
             "target_modules": self.target_modules,
         }
         if self.kind == "hlora":
             kwargs["num_experts"] = self.num_experts
+        if self.kind == "flix":
+            if not self.feature_values:
+                raise ValueError("a flix adapter needs feature_values (feature name -> its values)")
+            kwargs["features"] = {name: list(values) for name, values in self.feature_values.items()}
+            kwargs["feature_dropout"] = self.feature_dropout
+            if self.rank_per_feature is not None:
+                kwargs["rank_per_feature"] = self.rank_per_feature
         return kwargs
 
 

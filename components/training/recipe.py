@@ -39,13 +39,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from components.adapters.flix.features import feature_vocabulary
 from components.data.records import TASKS
 from components.evaluation.report import EvalResult, evaluate_model, write_predictions
 from components.models.collate import VLMCollator
@@ -168,6 +169,9 @@ def train_recipe(
     dropout: float = 0.05,
     rank_pattern: Mapping[str, int] | None = None,
     target_modules: list[str] | None = None,
+    features: Sequence[str] = ("task", "modality"),
+    rank_per_feature: int | None = None,
+    feature_dropout: float = 0.1,
     stage_steps: Mapping[StageKey, int] | None = None,
     stage_lr: Mapping[StageKey, float] | None = None,
     task_mix: Mapping[StageKey, Mapping[str, float]] | None = None,
@@ -219,6 +223,11 @@ def train_recipe(
         base = Path(base_dir)
     timings["time/base_seconds"] = time.perf_counter() - t0
     records = read_records(dataset)
+    if adapter_kind == "flix":  # FLix's vocabulary: the feature values of the train split (METHODS.md §3)
+        vocabulary = feature_vocabulary(select(records, split="train"), list(features))
+        adapter = replace(
+            adapter, feature_values=vocabulary, rank_per_feature=rank_per_feature, feature_dropout=feature_dropout
+        )
     t1 = time.perf_counter()
     vq, vq_folder, vq_metrics = _vq_tokenizer(
         dataset, work, vq_dir, vq_config, steps=vq_steps, seed=seed, env=env, records=records
@@ -235,7 +244,7 @@ def train_recipe(
     codes = encode_targets(vq, store, [*pools["generation"], *pools["reconstruction"]])
     collate = VLMCollator(
         model.tokenizer, model.num_image_tokens, store.vision, target_codes=target_codes_from(codes),
-        max_length=model_args.max_positions,
+        max_length=model_args.max_positions, with_features=adapter_kind == "flix",
     )  # fmt: skip
     groups = parameter_groups(model)
     save_names = sorted(
@@ -378,11 +387,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup-steps", type=int, default=None)
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--adapter-kind", default="hlora", choices=["hlora", "lora"])
+    ap.add_argument("--adapter-kind", default="hlora", choices=["hlora", "lora", "flix"])
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--generation-rank", type=int, default=32)
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--features", default="task,modality", help="FLix: record features, comma-separated")
+    ap.add_argument("--rank-per-feature", type=int, default=None, help="FLix: rank of each feature value's adapter")
+    ap.add_argument("--feature-dropout", type=float, default=0.1, help="FLix: feature dropout in training")
     ap.add_argument("--model-json", default=None, help="VLMArgs fields as JSON (e.g. a tiny test model)")
     ap.add_argument("--vq-json", default=None, help="VQConfig fields as JSON")
     ap.add_argument("--vocab-size", type=int, default=1000)
@@ -421,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
             vocab_size=ns.vocab_size, base_dir=ns.base_dir, base_steps=ns.base_steps,
             base_batch_size=ns.base_batch_size, base_lr=ns.base_lr, vq_dir=ns.vq_dir, vq_steps=ns.vq_steps,
             adapter_kind=ns.adapter_kind, rank=ns.rank, generation_rank=ns.generation_rank, num_experts=ns.experts,
-            dropout=ns.dropout, stage_steps=stage_steps, stage_lr=stage_lr, task_mix=task_mix, batch_size=ns.batch_size,
+            dropout=ns.dropout, features=[f for f in ns.features.split(",") if f.strip()],
+            rank_per_feature=ns.rank_per_feature, feature_dropout=ns.feature_dropout, stage_steps=stage_steps,
+            stage_lr=stage_lr, task_mix=task_mix, batch_size=ns.batch_size,
             grad_accum=ns.grad_accum, warmup_steps=ns.warmup_steps, checkpoint_every=ns.checkpoint_every,
             seed=ns.seed, stages=ns.stages, evaluate=not ns.no_evaluate, device=ns.device, env=env,
             progress=show if env.is_main else None,

@@ -14,7 +14,7 @@ from tests.integration.conftest import assert_offline, cli_env, medtune
 pytestmark = pytest.mark.integration
 
 SMALL = ["--config", "configs/smoke.yaml"]
-STAGES = {"data", "validate", "base", "train", "evaluate", "safety"}
+STAGES = {"data", "validate", "base", "rank_search", "train", "evaluate", "safety", "register"}
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
@@ -61,9 +61,33 @@ def test_run_twice_tracks_everything_and_reuses_data(make_workspace, serve_ui, n
         files = ui.get(f"/api/2.0/mlflow/artifacts/list?run_id={children['validate']['info']['run_id']}")
         names = {f["path"] for f in files.get("files", [])}
         assert "validation.json" in names and "data_docs" in names
+        _assert_train_uses_the_searched_pattern(ui, children)
     reused = sorted(t["dvc.reused"] for r, t in zip(runs, tags, strict=True) if t.get("mlflow.runName") == "data")
     assert reused == ["false", "true"]
     assert_offline(netguard)
+
+
+def _artifacts(ui, run_id: str, path: str = "") -> set[str]:
+    listed = ui.get(f"/api/2.0/mlflow/artifacts/list?run_id={run_id}&path={path}")
+    return {f["path"] for f in listed.get("files", [])}
+
+
+def _assert_train_uses_the_searched_pattern(ui, children: dict) -> None:
+    """Issue 5: the rank search logs its pattern and plots, and the train stage's adapters carry that pattern."""
+    search_id = children["rank_search"]["info"]["run_id"]
+    assert {"plots/heatmap.png", "plots/trajectory.png"} <= _artifacts(ui, search_id, "plots")
+    assert "rank_search/pattern.json" in _artifacts(ui, search_id, "rank_search")
+    params = {p["key"]: p["value"] for p in children["train"]["data"]["params"]}
+    assert params["adapter.rank_pattern_source"] == "rank_search"
+    pattern = json.loads(params["adapter.rank_pattern"])
+    assert len(pattern) == 4 * 7 and all(v % 4 == 0 for v in pattern.values())  # H-LoRA: multiples of 4 experts
+    assert sum(pattern.values()) == 16 * 28  # the searched budget: r0 = adapter.rank on every matrix
+    train_id = children["train"]["info"]["run_id"]
+    assert "rank_pattern.json" in _artifacts(ui, train_id)
+    config_path = "adapters/comprehension/adapter_config.json"
+    assert config_path in _artifacts(ui, train_id, "adapters/comprehension")
+    saved = ui.get(f"/get-artifact?path={config_path}&run_uuid={train_id}")  # what peft wrote with the plugin
+    assert saved["peft_type"] == "HLORA" and saved["rank_pattern"] == pattern
 
 
 def test_misspelt_key_exits_2_and_writes_nothing(make_workspace, netguard) -> None:

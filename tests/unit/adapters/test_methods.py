@@ -9,7 +9,8 @@ if it needs any, its own ``test_<method>.py`` beside this file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.adapters import add_adapter, apply_adapter
+from components.adapters.flix import use_features
 
 RANK = 8  # total rank per layer; H-LoRA: 4 experts x 2
 
@@ -33,6 +35,9 @@ class Method:
     total_rank: Callable[[Any, str], int]  # (tuner layer, adapter name) -> the layer's total rank
     default_scale: float  # the scale of every layer when alpha is left at its default (2 x total rank)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # entered around each test of the method (FLix: the per-example features of token_batch()'s two rows)
+    context: Callable[[], AbstractContextManager[Any]] = nullcontext
+    train_lr: float = 1e-2  # learning rate of the "loss falls" test
 
 
 METHODS = [
@@ -44,8 +49,29 @@ METHODS = [
         default_scale=8.0,  # alpha / r_per_expert = 2 * k * r / r = 2k
         kwargs={"num_experts": 4},
     ),
+    # ElaLoRA: rank = initial active rank r0 of r_max = 2 r0 slots; scale alpha / r0 = 2 whatever the pattern says
+    # (AdaLoRA's init: A, B ~ N(0, 0.02²), E = 0, so the delta grows slowly at first: a larger rate for 8 steps)
+    Method("elalora", "elalora_", lambda layer, name: layer.active_rank(name), default_scale=2.0, train_lr=5e-2),
 ]
+METHODS.append(  # FLix: rank = an example's total rank, 2 features x 4; default alpha gives a scale of 2 per feature
+    Method(
+        "flix",
+        "flix_",
+        lambda layer, name: layer.r[name] * len(layer.flix_spec[name].names),
+        default_scale=2.0,
+        kwargs={"features": {"task": ["comprehension", "generation"], "modality": ["CT", "MRI", "X-ray"]}},
+        context=lambda: use_features([{"task": "comprehension", "modality": "CT"}, {"task": "generation"}]),
+    )
+)
 IDS = [method.kind for method in METHODS]
+
+
+@pytest.fixture(autouse=True)
+def _method_context(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run each parametrised test inside its method's ``context`` (a FLix forward needs per-example features)."""
+    method = getattr(getattr(request.node, "callspec", None), "params", {}).get("method")
+    with method.context() if isinstance(method, Method) else nullcontext():
+        yield
 
 
 def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
@@ -143,7 +169,7 @@ def test_only_the_active_adapter_parameters_require_grad(method: Method) -> None
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_the_loss_falls_over_a_few_adamw_steps(method: Method) -> None:
     model = wrap(method, tiny_lm())
-    losses = train_steps(model, token_batch(), steps=8)
+    losses = train_steps(model, token_batch(), steps=8, lr=method.train_lr)
     assert losses[-1] < losses[0] - 0.1, losses
 
 

@@ -1,0 +1,117 @@
+"""medtune's Flower apps: the ServerApp runs the SLoRA strategy, the ClientApp trains one site.
+
+Deployment (``infra/flower/README.md``): the SuperLink runs ``server_app`` and every SuperNode ``client_app`` of
+this module, named in ``infra/flower/pyproject.toml``; settings come from the run config (``flwr run -c``) and a
+SuperNode's site from its node config (``partition-id``, ``num-partitions``, optional ``data``)::
+
+    flower-superlink --insecure --port 9092                       # loopback only; TLS across machines
+    flower-supernode --insecure --superlink 127.0.0.1:9092 --port 9094 --node-config 'partition-id=0 num-partitions=2'
+    flwr run infra/flower medtune --stream                        # "medtune" names 127.0.0.1:9092 in config.toml
+
+Simulation (:func:`components.federated.runner.simulate`) builds the same apps with the settings bound in
+(``make_server_app(settings)``), since ``run_simulation`` takes no run config.
+
+Every failure is bounded and visible: a ClientApp that raises becomes an error reply (Flower's), the server
+records it and goes on while ``min_sites`` valid updates arrive; a round that cannot reach ``min_sites`` fails
+the run with :class:`~components.federated.server.RoundFailed`, after writing the history so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from components.federated.client import evaluate_payload, local_round
+from components.federated.results import write_results
+from components.federated.server import FederatedServer
+from components.federated.settings import FedSettings
+from components.federated.strategy import ARRAYS, CONFIG, SLoRAStrategy, from_record, reply_content
+from components.federated.tasks import FedTask, SiteRef, make_task, shapes
+
+log = logging.getLogger("medtune.federated")
+_TASKS: dict[tuple[str, str, SiteRef | None], FedTask] = {}  # per process: a site's data loads once
+
+
+def task_args(settings: FedSettings) -> dict[str, Any]:
+    """The task's arguments: its own settings plus the run's shared seed."""
+    return {"seed": settings.seed, **settings.task_args}
+
+
+def site_of(node_config: Mapping[str, Any]) -> SiteRef:
+    """A SuperNode's site from its node config (Flower's simulation sets partition-id and num-partitions)."""
+    try:
+        return SiteRef(
+            int(node_config["partition-id"]), int(node_config["num-partitions"]), str(node_config.get("data", ""))
+        )
+    except KeyError as e:
+        raise ValueError(f"SuperNode node config lacks {e.args[0]!r}: start it with --node-config "
+                         "'partition-id=N num-partitions=M'") from None  # fmt: skip
+
+
+def cached_task(settings: FedSettings, site: SiteRef | None) -> FedTask:
+    key = (settings.task, json.dumps(task_args(settings), sort_keys=True), site)
+    if key not in _TASKS:
+        _TASKS[key] = make_task(settings.task, task_args(settings), site)
+    return _TASKS[key]
+
+
+def run_server(grid: Grid, settings: FedSettings) -> FederatedServer:
+    """All rounds of ``settings`` on ``grid``; the history goes to ``settings.out_dir`` even when a round fails."""
+    targets, heads = shapes(cached_task(settings, None))
+    server = FederatedServer(settings, targets, heads)
+    strategy = SLoRAStrategy(server)
+    try:
+        strategy.start(grid, strategy.arrays(), num_rounds=settings.total_rounds, timeout=settings.round_timeout)
+    except BaseException as e:
+        if settings.out_dir:
+            write_results(settings.out_dir, server, strategy.final_eval, status="failed", error=str(e))
+        raise
+    if settings.out_dir:
+        write_results(settings.out_dir, server, strategy.final_eval, status="finished")
+    return server
+
+
+def make_server_app(settings: FedSettings | None = None) -> ServerApp:
+    """A ServerApp with ``settings`` bound in, or (None) read from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, settings or FedSettings.from_config(context.run_config))
+
+    return app
+
+
+def make_client_app(settings: FedSettings | None = None) -> ClientApp:
+    """A ClientApp with ``settings`` bound in, or (None) read from the run config."""
+    app = ClientApp()
+
+    def setup(msg: Message, context: Context) -> tuple[FedSettings, FedTask, dict[str, Any]]:
+        s = settings or FedSettings.from_config(context.run_config)
+        return s, cached_task(s, site_of(context.node_config)), from_record(msg.content.array_records[ARRAYS])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        s, task, arrays = setup(msg, context)
+        server_round = int(msg.content.config_records[CONFIG]["server-round"])  # type: ignore[arg-type]
+        out, metrics = local_round(task, s, arrays, server_round)
+        return Message(reply_content(task.site, out, metrics, task.num_examples()), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        s, task, arrays = setup(msg, context)
+        metrics = evaluate_payload(task, s, arrays)
+        n = int(metrics.pop("examples", 0))
+        return Message(reply_content(task.site, None, metrics, n), reply_to=msg)
+
+    return app
+
+
+server_app = make_server_app()
+client_app = make_client_app()
