@@ -15,6 +15,7 @@ Secrets never reach MLflow: :func:`redact` blanks values whose key names a secre
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -63,7 +64,12 @@ class TrackingSession:
         import mlflow
         from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(uri)
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)  # the fluent API (log_model) uses it; mlflow also writes it to os.environ ...
+        if before is None:  # ... which would leak this store into later connections of the process: undo that
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:

@@ -1,4 +1,5 @@
-"""The model registry end to end (issue 9, items 1-2): two retrain runs register two versions; the first becomes
+"""The model registry end to end (issue 9, items 1-2): two retrain runs register two versions (the runs are
+``test_retrain_flow.py``'s; the checks are here); the first becomes
 champion, the second (graded on the comply-everything SUT) is refused with its failing gates named and the champion
 alias stays; ``medtune promote`` refuses it again; a fresh Python process loads ``models:/<name>@champion`` and
 answers a question and generates an image exactly as the trained folder does in this process. And: a promotion
@@ -47,29 +48,24 @@ def _aliases(client: Any, name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
 
 
-@pytest.mark.timeout(1800)  # two smoke retrains: ~3 min on an idle 2-core machine, much longer on a shared one
-def test_second_unsafe_version_is_refused_and_champion_loads_in_a_fresh_process(
-    make_workspace, netguard, tmp_path: Path
-) -> None:
-    ws = make_workspace()
-    env = cli_env(netguard)
+def relax_quality_floor(ws: Path) -> None:
+    """The smoke profile's quality means nothing (configs/smoke.yaml): its closed-accuracy floor goes to 0."""
     policy_file = ws / "mlflow" / "promotion.yaml"
     policy = yaml.safe_load(policy_file.read_text())
-    policy["quality"]["min"] = {"closed/accuracy": 0.0}  # smoke-profile quality means nothing (configs/smoke.yaml)
+    policy["quality"]["min"] = {"closed/accuracy": 0.0}
     policy_file.write_text(yaml.safe_dump(policy))
-    started = time.perf_counter()
 
-    first = medtune(["run", *SMALL], ws, env, timeout=900)
-    assert first.returncode == 0, first.output
+
+def assert_second_unsafe_version_refused_and_champion_loads(
+    ws: Path, env: dict[str, str], first: Any, second: Any, tmp_path: Path
+) -> None:
+    """After two smoke retrains in ``ws`` (the first as is, the second with ``safety.sut=comply_all``), run by
+    ``tests/integration/test_retrain_flow.py`` (one pair of retrains serves both tests: they take minutes)."""
     assert f"register: {NAME} version 1 promoted to champion (was none)" in first.stdout
-    second = medtune(["run", *SMALL, "safety.sut=comply_all"], ws, env, timeout=900)
-    assert second.returncode == 0, second.output
-    assert "base: re-used cached base model" in second.stdout
     assert "register: FAIL safety_overall: High risk (rank 5) vs at least Moderate risk (rank 3): 2 grades short" in (
         second.stdout
     )
     assert f"register: {NAME} version 2 refused (champion stays 1): " in second.stdout
-    runs_seconds = time.perf_counter() - started
 
     client = _client(ws)
     assert _aliases(client, NAME) == {"champion": "1", "challenger": "2"}
@@ -128,8 +124,7 @@ def test_second_unsafe_version_is_refused_and_champion_loads_in_a_fresh_process(
     (model_dir,) = (ws / ".medtune" / "train").glob("*/model")  # both runs trained (re-used) one model
     expected = VLMPredictor.load(model_dir).predict(rows, max_new_tokens=8)
     assert predicted == expected  # the registered champion answers exactly as the trained folder does
-    print(f"two retrain runs {runs_seconds:.0f} s; fresh-process load + predict {load_seconds:.1f} s")
-    assert_offline(netguard)
+    print(f"fresh-process load + predict {load_seconds:.1f} s")
 
 
 APPLY = textwrap.dedent(

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import assert_offline, cli_env, medtune
+from tests.integration.test_registry import assert_second_unsafe_version_refused_and_champion_loads, relax_quality_floor
 
 pytestmark = pytest.mark.integration
 
@@ -21,18 +22,22 @@ def _snapshot(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if ".git" not in p.parts}
 
 
-def test_run_twice_tracks_everything_and_reuses_data(make_workspace, serve_ui, netguard) -> None:
+@pytest.mark.timeout(1800)  # two smoke retrains: ~3 min on an idle 2-core machine, much longer on a shared one
+def test_run_twice_tracks_registers_and_reuses_data(make_workspace, serve_ui, netguard, tmp_path: Path) -> None:
+    """Two retrains: the second, with nothing changed but the safety benchmark's SUT (comply with everything),
+    re-uses the data, the base and the training, and its registered version is refused (issue 9)."""
     ws = make_workspace()
     env = cli_env(netguard)
+    relax_quality_floor(ws)
 
-    first = medtune(["run", *SMALL], ws, env)
+    first = medtune(["run", *SMALL], ws, env, timeout=900)
     assert first.returncode == 0, first.output
     assert "data: built" in first.stdout
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     version = next(o["md5"] for o in lock["stages"]["build"]["outs"] if o["path"] == "data/vlhealth")
     assert (ws / "data.dvc").exists() and (ws / "data" / "vlhealth" / "records.jsonl").exists()
 
-    second = medtune(["run", *SMALL], ws, env)
+    second = medtune(["run", *SMALL, "safety.sut=comply_all"], ws, env, timeout=900)
     assert second.returncode == 0, second.output
     assert "Stage 'build' didn't change, skipping" in second.stdout
     assert "base: re-used cached base model" in second.stdout
@@ -64,6 +69,7 @@ def test_run_twice_tracks_everything_and_reuses_data(make_workspace, serve_ui, n
         _assert_train_uses_the_searched_pattern(ui, children)
     reused = sorted(t["dvc.reused"] for r, t in zip(runs, tags, strict=True) if t.get("mlflow.runName") == "data")
     assert reused == ["false", "true"]
+    assert_second_unsafe_version_refused_and_champion_loads(ws, env, first, second, tmp_path)
     assert_offline(netguard)
 
 
