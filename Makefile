@@ -21,6 +21,13 @@ integration: $(STAMP)
 bench: $(STAMP)          ## benchmarks (slow; results go into benchmarks/README.md by hand)
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/data_build.py
+	$(BIN)/python benchmarks/hlora.py
+	$(BIN)/python benchmarks/safety.py
+	$(BIN)/python benchmarks/vqa_rad.py
+	$(BIN)/python benchmarks/rank_search.py
+	$(BIN)/python benchmarks/flix.py
+	$(BIN)/python benchmarks/federated.py
+	$(BIN)/python benchmarks/registry.py
 
 ui: $(STAMP)
 	$(BIN)/medtune ui
