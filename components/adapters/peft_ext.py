@@ -11,6 +11,7 @@ Nothing here runs at import; the tuner packages call it when they are imported.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -78,6 +79,47 @@ def register_method(
             return peft_type
         register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)
     return peft_type
+
+
+class LmTuner(BaseTuner):
+    """What medtune's tuners (hlora, flix, elalora) share on top of peft's ``BaseTuner``: default targets taken from
+    the model itself (:func:`lm_linear_targets`, resolved when the adapter is injected and stored as explicit names
+    in the saved config), not from a per-architecture table; and putting a method's ``Linear`` wrapper in place.
+    A subclass sets ``method_name`` (for messages) and implements ``_create_and_replace`` by building the layer
+    kwargs for one module, then calling :meth:`_wrap_linear`."""
+
+    method_name: str = "this method"
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict[str, Any]) -> PeftConfig:
+        return peft_config  # the default targets need the model, not only its config: resolved in _prepare_model
+
+    def _prepare_model(self, peft_config: PeftConfig, model: nn.Module) -> None:
+        if getattr(peft_config, "target_modules", None) is None:
+            peft_config.target_modules = set(lm_linear_targets(model))  # type: ignore[attr-defined]
+
+    def _wrap_linear(
+        self,
+        linear_cls: type[nn.Module],
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Add ``adapter_name`` to ``target``: to its wrapper when it is already one of ``linear_cls``, else wrap the
+        ``nn.Linear`` in a new ``linear_cls``. An added adapter is not trainable until activated (peft's convention)."""
+        if isinstance(target, linear_cls):
+            target.update_layer(adapter_name, **kwargs)  # type: ignore[operator]
+            return
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"{self.method_name} adapts nn.Linear only; {current_key} is {type(base).__name__}")
+        new_module = linear_cls(target, adapter_name, **kwargs)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
 
 
 def _qualname(cls: type) -> str:

@@ -27,28 +27,20 @@ from __future__ import annotations
 from typing import Any
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import get_pattern_key
 from torch import nn
 
 from components.adapters.elalora.config import ElaLoraConfig
 from components.adapters.elalora.layer import ElaLoraLayer, Linear
-from components.adapters.peft_ext import lm_linear_targets
+from components.adapters.peft_ext import LmTuner
 
 
-class ElaLoraModel(BaseTuner):
+class ElaLoraModel(LmTuner):
     """peft tuner for ElaLoRA adapters."""
 
     prefix: str = "elalora_"
     tuner_layer_cls = ElaLoraLayer
-    target_module_mapping: dict[str, list[str]] = {}
-
-    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict[str, Any]) -> PeftConfig:
-        return peft_config  # default targets need the model itself: resolved in _prepare_model
-
-    def _prepare_model(self, peft_config: PeftConfig, model: nn.Module) -> None:
-        if getattr(peft_config, "target_modules", None) is None:
-            peft_config.target_modules = set(lm_linear_targets(model))  # type: ignore[attr-defined]
+    method_name = "ElaLoRA"
 
     def _create_and_replace(
         self,
@@ -77,13 +69,4 @@ class ElaLoraModel(BaseTuner):
             "init_lora_weights": peft_config.init_lora_weights,
             "inference_mode": peft_config.inference_mode,
         }
-        if isinstance(target, Linear):
-            target.update_layer(adapter_name, **kwargs)
-            return
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"ElaLoRA adapts nn.Linear only; {current_key} is {type(base).__name__}")
-        new_module = Linear(target, adapter_name, **kwargs)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)  # an added adapter trains only once activated (peft's convention)
-        self._replace_module(parent, target_name, new_module, target)
+        self._wrap_linear(Linear, adapter_name, target, target_name, parent, current_key, kwargs)

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import get_pattern_key
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -39,16 +38,15 @@ from torch.utils.hooks import RemovableHandle
 from components.adapters.flix.config import FLixConfig
 from components.adapters.flix.features import FEATURES_KWARG, enter_call, exit_call
 from components.adapters.flix.layer import MERGE_MESSAGE, FLixLayer, Linear, MergeNotSupportedError
-from components.adapters.peft_ext import lm_linear_targets
+from components.adapters.peft_ext import LmTuner
 
 
-class FLixModel(BaseTuner):
+class FLixModel(LmTuner):
     """peft tuner for FLix adapters; see the module docstring for how features are passed."""
 
     prefix: str = "flix_"
     tuner_layer_cls = FLixLayer
-    # Defaults come from the model itself (lm_linear_targets), not from a per-architecture table.
-    target_module_mapping: dict[str, list[str]] = {}
+    method_name = "FLix"
 
     def __init__(self, model: nn.Module, peft_config: Any, adapter_name: str, **kwargs: Any) -> None:
         super().__init__(model, peft_config, adapter_name, **kwargs)
@@ -58,14 +56,6 @@ class FLixModel(BaseTuner):
         ]
 
     # -- injection ---------------------------------------------------------------------------------------------------
-    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict[str, Any]) -> PeftConfig:
-        # The default targets need the model, not only its config: resolved in _prepare_model.
-        return peft_config
-
-    def _prepare_model(self, peft_config: PeftConfig, model: nn.Module) -> None:
-        if getattr(peft_config, "target_modules", None) is None:
-            peft_config.target_modules = set(lm_linear_targets(model))  # type: ignore[attr-defined]
-
     def _create_and_replace(
         self,
         peft_config: PeftConfig,
@@ -98,16 +88,7 @@ class FLixModel(BaseTuner):
             "init_lora_weights": peft_config.init_lora_weights,
             "inference_mode": peft_config.inference_mode,
         }
-        if isinstance(target, Linear):
-            target.update_layer(adapter_name, **kwargs)
-            return
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"FLix adapts nn.Linear only; {current_key} is {type(base).__name__}")
-        new_module = Linear(target, adapter_name, **kwargs)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)  # an added adapter is not trainable until activated (peft's convention)
-        self._replace_module(parent, target_name, new_module, target)
+        self._wrap_linear(Linear, adapter_name, target, target_name, parent, current_key, kwargs)
 
     # -- no merging ----------------------------------------------------------------------------------------------
     def _check_merge_allowed(self) -> None:

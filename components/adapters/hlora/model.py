@@ -23,30 +23,20 @@ from __future__ import annotations
 from typing import Any
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import get_pattern_key
 from torch import nn
 
 from components.adapters.hlora.config import HLoraConfig
 from components.adapters.hlora.layer import MERGE_MESSAGE, HLoraLayer, Linear, MergeNotSupportedError
-from components.adapters.peft_ext import lm_linear_targets
+from components.adapters.peft_ext import LmTuner
 
 
-class HLoraModel(BaseTuner):
+class HLoraModel(LmTuner):
     """peft tuner for H-LoRA plugins; one adapter name per plugin (e.g. comprehension, generation)."""
 
     prefix: str = "hlora_"
     tuner_layer_cls = HLoraLayer
-    # Defaults come from the model itself (lm_linear_targets), not from a per-architecture table.
-    target_module_mapping: dict[str, list[str]] = {}
-
-    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict[str, Any]) -> PeftConfig:
-        # The default targets need the model, not only its config: resolved in _prepare_model.
-        return peft_config
-
-    def _prepare_model(self, peft_config: PeftConfig, model: nn.Module) -> None:
-        if getattr(peft_config, "target_modules", None) is None:
-            peft_config.target_modules = set(lm_linear_targets(model))  # type: ignore[attr-defined]
+    method_name = "H-LoRA"
 
     def _create_and_replace(
         self,
@@ -78,17 +68,7 @@ class HLoraModel(BaseTuner):
             "init_lora_weights": peft_config.init_lora_weights,
             "inference_mode": peft_config.inference_mode,
         }
-        if isinstance(target, Linear):
-            target.update_layer(adapter_name, **kwargs)
-            return
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"H-LoRA adapts nn.Linear only; {current_key} is {type(base).__name__}")
-        new_module = Linear(target, adapter_name, **kwargs)
-        if adapter_name not in self.active_adapters:
-            # an added plugin is not trainable until it is activated (peft's convention)
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        self._wrap_linear(Linear, adapter_name, target, target_name, parent, current_key, kwargs)
 
     def _check_merge_allowed(self) -> None:
         # Fail before any layer is touched: merge_adapter, merge_and_unload and unload(merge) all come here.
