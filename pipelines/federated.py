@@ -23,7 +23,7 @@ from typing import Any
 
 from components.config import config_dict
 from pipelines.context import Context
-from pipelines.stages import Echo, StageFailed, _quiet, connect
+from pipelines.stages import Echo, StageFailed, connect, quiet
 
 
 def enabled(ctx: Context) -> bool:
@@ -41,7 +41,7 @@ def _work_dir(ctx: Context, model_dir: str, data_version: str) -> Path:
 
 
 def federated_stage(
-    ctx: Context, parent: str, echo: Echo = _quiet, *, model_dir: str, data_version: str = ""
+    ctx: Context, parent: str, echo: Echo = quiet, *, model_dir: str, data_version: str = ""
 ) -> dict[str, Any]:
     """SLoRA (or a baseline) over the sites of ``federated.sites`` from ``model_dir``; returns the new model folder
     in ``train_stage``'s shape (``model_dir``, ``run_id``, ``work_dir``)."""

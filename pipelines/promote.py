@@ -32,7 +32,7 @@ from pipelines.context import Context, resolve
 from pipelines.stages import Echo, StageFailed, connect
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     return None
 
 
@@ -211,7 +211,7 @@ def _example_image(ctx: Context) -> Path:
 def register_stage(
     ctx: Context,
     parent: str,
-    echo: Echo = _quiet,
+    echo: Echo = quiet,
     *,
     model_dir: str,
     metrics: str | None = None,

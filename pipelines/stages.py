@@ -33,11 +33,11 @@ class StageFailed(Exception):
         self.stage = stage
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     return None
 
 
-def prepare_raw(ctx: Context, echo: Echo = _quiet) -> dict[str, Any]:
+def prepare_raw(ctx: Context, echo: Echo = quiet) -> dict[str, Any]:
     """Make sure ``data/raw`` is present and recorded in data.dvc; return its version.
 
     A fresh clone has data.dvc but no data/raw: it is pulled from the DVC remote, and if the remote does not have
@@ -70,7 +70,7 @@ def prepare_raw(ctx: Context, echo: Echo = _quiet) -> dict[str, Any]:
     return {"raw_version": version, "raw_changed": changed and before != version}
 
 
-def data_stage(ctx: Context, parent: str, echo: Echo = _quiet) -> dict[str, Any]:
+def data_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, Any]:
     """``dvc repro build``: the VL-Health build, re-used by DVC when raw data, params and code are unchanged."""
     session = connect(ctx)
     with session.child(parent, "data") as run_id:
@@ -117,7 +117,7 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def validate_stage(ctx: Context, parent: str, echo: Echo = _quiet) -> dict[str, Any]:
+def validate_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, Any]:
     """``dvc repro validate``: the Great Expectations gate; failure stops the flow with a readable report."""
     session = connect(ctx)
     with session.child(parent, "validate") as run_id:
@@ -167,7 +167,7 @@ def safety_items(ctx: Context) -> list[Any]:
 def safety_stage(
     ctx: Context,
     parent: str,
-    echo: Echo = _quiet,
+    echo: Echo = quiet,
     *,
     sut: Any = "refuse_all",
     run_dir: Path | None = None,
@@ -236,7 +236,7 @@ def _metrics_logger(session: TrackingSession, run_id: str) -> Callable[[int, dic
     return log
 
 
-def base_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, data_version: str = "") -> dict[str, Any]:
+def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: str = "") -> dict[str, Any]:
     """The base model: the tiny VLM bootstrapped on the train split (cached by config + data), or a local
     checkpoint (``model.lm.path``) built and saved as a base folder."""
     from components.training.base import bootstrap_base
@@ -294,7 +294,7 @@ def _checkpoint_base(ctx: Context, args: Any) -> Path:
 
 
 def rank_search_stage(
-    ctx: Context, parent: str, echo: Echo = _quiet, *, base_dir: str, data_version: str = ""
+    ctx: Context, parent: str, echo: Echo = quiet, *, base_dir: str, data_version: str = ""
 ) -> dict[str, Any]:
     """ElaLoRA's rank search on the base (issue 5): the per-module rank pattern the train stage uses, with its heat
     map and trajectory logged to the stage's child run; the folder is keyed by config, base and data version.
@@ -340,7 +340,7 @@ def rank_search_stage(
         return {"pattern_file": str(result.pattern_file), "run_id": run_id, "reused": result.reused}
 
 
-def searched_rank_pattern(ctx: Context, pattern_file: str | None, echo: Echo = _quiet) -> dict[str, int] | None:
+def searched_rank_pattern(ctx: Context, pattern_file: str | None, echo: Echo = quiet) -> dict[str, int] | None:
     """The rank search's pattern in the configured adapter kind's terms (H-LoRA: multiples of its experts), or None
     when there is none or the kind takes no rank pattern."""
     from components.adapters.elalora import pattern_for_kind
@@ -358,7 +358,7 @@ def searched_rank_pattern(ctx: Context, pattern_file: str | None, echo: Echo = _
 def train_stage(
     ctx: Context,
     parent: str,
-    echo: Echo = _quiet,
+    echo: Echo = quiet,
     *,
     base_dir: str,
     data_version: str = "",
@@ -445,7 +445,7 @@ def train_stage(
         return {"model_dir": str(result.model_dir), "run_id": run_id, "work_dir": str(work)}
 
 
-def evaluate_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, model_dir: str) -> dict[str, Any]:
+def evaluate_stage(ctx: Context, parent: str, echo: Echo = quiet, *, model_dir: str) -> dict[str, Any]:
     """Medical VQA and generation metrics on the held-out split, against the majority and copy baselines."""
     from components.training.recipe import evaluate_recipe
 
@@ -478,7 +478,7 @@ HEADLINE_METRICS = {
 }
 
 
-def model_safety_stage(ctx: Context, parent: str, echo: Echo = _quiet, *, model_dir: str) -> dict[str, Any]:
+def model_safety_stage(ctx: Context, parent: str, echo: Echo = quiet, *, model_dir: str) -> dict[str, Any]:
     """The safety benchmark with the trained candidate as the system under test (text prompts, greedy decoding,
     the configured response cap)."""
     from components.safety import SUTS

@@ -5,8 +5,8 @@ folder) classifying VQA-RAD question type from the question text, with sites spl
     train, test = load_question_types(VQA_RAD_JSON)          # [(question, label)], held out by image
     task = minilm_task({"data": str(VQA_RAD_JSON), "alpha": 0.1}, SiteRef(3, 10))
 
-Data rules, the same as ``benchmarks/rank_search.py``: a row listing several types takes the first; the
-misspellings ``ATRIB``/``PRSE`` and ``Other`` map to ATTRIB, PRES, OTHER (11 classes); an image's questions are all
+Data rules (:func:`components.data.sources.vqa_rad.load_question_types`, shared with ``benchmarks/rank_search.py``):
+a row listing several types takes the first; misspellings are mended (11 classes); an image's questions are all
 train or all test (SHA-256 of ``image_name``, 20% test). A site's last ``val_fraction`` of its shuffled rows is its
 held-out set. Model: mean pooling over the encoder's last hidden state and a linear head; SLoRA adapts the 36
 matrices of the encoder (query, key, value, attention output, intermediate, output of 6 layers); the head is
@@ -15,42 +15,23 @@ trained densely by every method. Batches are padded to their longest question (q
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from components.data.sources.vqa_rad import QUESTION_TYPES as CLASSES
+from components.data.sources.vqa_rad import load_question_types
 from components.federated.partition import dirichlet_partition
 from components.federated.tasks import ClassifierTask, SiteRef
 
-CLASSES = ("PRES", "POS", "ABN", "OTHER", "MODALITY", "SIZE", "PLANE", "ATTRIB", "ORGAN", "COLOR", "COUNT")
-FIXES = {"ATRIB": "ATTRIB", "PRSE": "PRES"}
 LAYER_MATRICES = (
     "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
     "intermediate.dense", "output.dense",
 )  # fmt: skip
-
-
-def question_type(raw: str) -> str:
-    first = raw.split(",")[0].strip().upper()
-    return FIXES.get(first, first)
-
-
-def load_question_types(path: str | Path, test_share: float = 0.2) -> tuple[list[tuple[str, int]], ...]:
-    """(train, test) rows of (question, class index), split by image."""
-    train: list[tuple[str, int]] = []
-    test: list[tuple[str, int]] = []
-    for row in json.loads(Path(path).read_text(encoding="utf-8")):
-        label = CLASSES.index(question_type(row["question_type"]))
-        bucket = int.from_bytes(hashlib.sha256(row["image_name"].encode()).digest()[:4], "little") / 2**32
-        (test if bucket < test_share else train).append((str(row["question"]), label))
-    return train, test
 
 
 class TextClassifier(nn.Module):

@@ -40,6 +40,8 @@ Configure::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -245,3 +247,28 @@ def read_vqa_rad(cfg: VqaRadSourceConfig, ctx: SourceContext) -> Iterator[Source
                 "modality_from": modality_from,
             },
         )
+
+
+# -- the question-type task (benchmarks/rank_search.py, components/federated/text.py) --------------------------------
+#: VQA-RAD's 11 question types, the classes of the text task "question -> its type".
+QUESTION_TYPES = ("PRES", "POS", "ABN", "OTHER", "MODALITY", "SIZE", "PLANE", "ATTRIB", "ORGAN", "COLOR", "COUNT")
+_TYPE_FIXES = {"ATRIB": "ATTRIB", "PRSE": "PRES"}  # misspellings in the release
+
+
+def question_type(raw: str) -> str:
+    """The class of a ``question_type`` field: a row listing several types takes the first; misspellings and case
+    (``ATRIB``, ``PRSE``, ``Other``) are mended."""
+    first = raw.split(",")[0].strip().upper()
+    return _TYPE_FIXES.get(first, first)
+
+
+def load_question_types(path: str | Path, test_share: float = 0.2) -> tuple[list[tuple[str, int]], ...]:
+    """(train, test) rows of (question, index in :data:`QUESTION_TYPES`) from the release's JSON, split by image:
+    an image's questions are all train or all test (SHA-256 of ``image_name``, ``test_share`` of images to test)."""
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
+    for row in json.loads(Path(path).read_text(encoding="utf-8")):
+        label = QUESTION_TYPES.index(question_type(row["question_type"]))
+        bucket = int.from_bytes(hashlib.sha256(row["image_name"].encode()).digest()[:4], "little") / 2**32
+        (test if bucket < test_share else train).append((str(row["question"]), label))
+    return train, test
