@@ -205,6 +205,7 @@ def model_args(ctx: Context) -> Any:
         vision_heads=m.vision.heads,
         image_size=image.size,
         patch_size=m.vision.patch_size,
+        merge=m.vision.merge,
         channels=1 if image.mode == "L" else 3,
         lm_hidden=m.lm.hidden,
         lm_layers=m.lm.layers,

@@ -123,7 +123,13 @@ class VisionSettings(Strict):
     hidden: int = Field(64, ge=8, description="Vision encoder (CLIP) width of the tiny model.")
     layers: int = Field(3, ge=2, description="Vision encoder layers (HVP needs a shallow and a deep one).")
     heads: int = Field(4, ge=1, description="Vision attention heads.")
-    patch_size: int = Field(8, ge=1, description="Patch size; (image size / patch size)^2 image tokens.")
+    patch_size: int = Field(8, ge=1, description="Patch size; (image size / patch size)^2 patches.")
+    merge: int = Field(
+        4,
+        ge=1,
+        description="m x m neighbouring patches become one LM image token (concatenated before the projector, as "
+        "Qwen2-VL's patch merger): (image size / patch size / merge)^2 image tokens; 1: one token per patch.",
+    )
     path: str | None = Field(None, description="Local CLIP vision checkpoint folder instead of the tiny encoder.")
 
 
@@ -150,9 +156,9 @@ class ModelConfig(Strict):
 
 
 class BaseSettings(Strict):
-    steps: int = Field(400, ge=1, description="Full-training steps that bootstrap the tiny base model.")
-    batch_size: int = Field(32, ge=1, description="Batch size of the bootstrap.")
-    lr: float = Field(2e-3, gt=0, description="Learning rate of the bootstrap.")
+    steps: int = Field(2500, ge=1, description="Full-training steps that bootstrap the tiny base model.")
+    batch_size: int = Field(16, ge=1, description="Batch size of the bootstrap.")
+    lr: float = Field(5e-4, gt=0, description="Learning rate of the bootstrap.")
 
 
 class VQSettings(Strict):

@@ -29,6 +29,7 @@ tokenizer files, so ``AutoModelForCausalLM.from_pretrained(folder / "lm")`` also
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ class VLMArgs:
     vision_layers: int = 3  # CLIP encoder layers (hidden_states has vision_layers + 1 entries)
     vision_heads: int = 4
     image_size: int = 64  # pixels per side
-    patch_size: int = 8  # -> (64/8)^2 = 64 image tokens
+    patch_size: int = 8  # -> (64/8)^2 = 64 patches
+    merge: int = 1  # m x m neighbouring patches -> one image token (concatenated before the projector); 1: none
     channels: int = 1  # 1 = grey (CLIP's conv takes any channel count), 3 = RGB
     lm_hidden: int = 128
     lm_layers: int = 4
@@ -83,9 +85,25 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def make_projector(vision_width: int, lm_width: int) -> nn.Sequential:
-    """LLaVA's mlp2x_gelu: Linear -> GELU -> Linear."""
-    return nn.Sequential(nn.Linear(vision_width, lm_width), nn.GELU(), nn.Linear(lm_width, lm_width))
+def make_projector(vision_width: int, lm_width: int, merge: int = 1) -> nn.Sequential:
+    """LLaVA's mlp2x_gelu: Linear -> GELU -> Linear, over ``merge``^2 concatenated patch features."""
+    return nn.Sequential(nn.Linear(vision_width * merge**2, lm_width), nn.GELU(), nn.Linear(lm_width, lm_width))
+
+
+def merge_patches(features: Tensor, merge: int) -> Tensor:
+    """(B, g*g, C) patch features in row-major order -> (B, (g/m)^2, m*m*C): each m x m block of neighbouring
+    patches becomes one token (its features concatenated row by row), blocks in row-major order. The patch merger
+    of Qwen2-VL / InternVL's pixel shuffle: the encoder keeps its fine patches, the LM reads m^2 fewer tokens."""
+    if merge == 1:
+        return features
+    b, n, c = features.shape
+    g = math.isqrt(n)
+    if g * g != n or g % merge:
+        raise ValueError(
+            f"cannot merge {merge}x{merge} patches of a {n}-patch grid (needs a square grid divisible by {merge})"
+        )
+    blocks = features.reshape(b, g // merge, merge, g // merge, merge, c).permute(0, 1, 3, 2, 4, 5)
+    return blocks.reshape(b, (g // merge) ** 2, merge * merge * c)
 
 
 def _not_local(kind: str, path: str, error: Exception) -> FileNotFoundError:
@@ -173,7 +191,7 @@ class MedVLM(nn.Module):
 
     @property
     def num_image_tokens(self) -> int:
-        return (self.image_size // _side(self.vision.config.patch_size)) ** 2
+        return (self.image_size // _side(self.vision.config.patch_size) // self.args.merge) ** 2
 
     @property
     def lm_hidden(self) -> int:
@@ -196,7 +214,8 @@ class MedVLM(nn.Module):
             if not rows:
                 continue
             idx = torch.tensor(rows, device=pixel_values.device)
-            feats = self.projectors[task](hidden[level[task]][idx, 1:])  # [:, 1:] drops CLS
+            patches = merge_patches(hidden[level[task]][idx, 1:], self.args.merge)  # [:, 1:] drops CLS
+            feats = self.projectors[task](patches)
             if out is None:
                 out = feats.new_zeros(len(tasks), *feats.shape[1:])
             out = out.index_copy(0, idx, feats)
@@ -305,7 +324,7 @@ class MedVLM(nn.Module):
         lm = AutoModelForCausalLM.from_pretrained(str(path / "lm"), local_files_only=True, dtype=dt)
         vision = CLIPVisionModel.from_pretrained(str(path / "vision"), local_files_only=True, dtype=dt)
         projectors = nn.ModuleDict(
-            {t: make_projector(int(vision.config.hidden_size), int(lm.config.hidden_size)) for t in TASKS}
+            {t: make_projector(int(vision.config.hidden_size), int(lm.config.hidden_size), args.merge) for t in TASKS}
         )
         projectors.load_state_dict(load_file(str(path / "projectors.safetensors")))
         tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
@@ -362,7 +381,7 @@ def build_vlm(args: VLMArgs, tokenizer: PreTrainedTokenizerBase) -> MedVLM:
         if lm.generation_config is not None:
             setattr(lm.generation_config, key, value)
     projectors = nn.ModuleDict(
-        {t: make_projector(int(vision.config.hidden_size), int(lm.config.hidden_size)) for t in TASKS}
+        {t: make_projector(int(vision.config.hidden_size), int(lm.config.hidden_size), args.merge) for t in TASKS}
     )
     model = MedVLM(vision, projectors, lm, args, image_token_id, tokenizer)
     if len(tokenizer) > model.lm.get_input_embeddings().weight.shape[0]:  # type: ignore[index]

@@ -45,10 +45,10 @@ from components.training.distributed import DistEnv, barrier
 from components.training.trainer import MetricsCallback, ProgressCallback, TrainArgs, train_stage
 
 BASE_FILE = "base.json"
-BOOTSTRAP_VERSION = 1  # bump when the bootstrap's recipe changes: old caches then stop matching
-DEFAULT_STEPS = 400
-DEFAULT_BATCH = 32
-DEFAULT_LR = 2e-3
+BOOTSTRAP_VERSION = 2  # bump when the bootstrap's recipe changes: old caches then stop matching
+DEFAULT_STEPS = 2500
+DEFAULT_BATCH = 16
+DEFAULT_LR = 5e-4
 
 
 def train_texts(records: list[dict[str, Any]]) -> list[str]:
@@ -135,7 +135,13 @@ def bootstrap_base(
         {"comprehension": comprehension},
         collate,
         TrainArgs(
-            steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, checkpoint_every=checkpoint_every, seed=seed
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            warmup=warmup,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            loss="record",
         ),
         out_dir=work,
         env=env,

@@ -21,6 +21,10 @@ Choices where METHODS.md is silent:
 - **Loss normalisation.** Cross-entropy is summed over the answer tokens of every micro-batch (on every rank) and
   divided by the token count of the whole optimizer step, so gradient accumulation and N ranks compute exactly the
   gradient of one big batch (a mean of per-micro-batch means would weight short answers differently).
+  ``TrainArgs.loss = "record"`` instead averages each record's tokens first and divides the sum of those means by
+  the step's record count (the same exact accumulation and N-rank equivalence): every record weighs the same, so
+  a one-token "yes" counts as much as a 35-token caption. The tiny base bootstrap uses it (see
+  :mod:`components.training.base`).
 - **Optimizer.** AdamW, weight decay 0 (METHODS.md), betas (0.9, 0.999); the learning rate warms up linearly for
   ``warmup`` steps, then follows a half cosine to ``min_lr_ratio`` x ``lr`` at the last step. Gradients are
   clipped to a global norm of ``max_grad_norm``; parameters outside the step task's trainable set never get a
@@ -98,11 +102,14 @@ class TrainArgs:
     keep_checkpoints: int = 2
     seed: int = 0
     bf16: bool = True  # autocast to bf16 on CUDA; ignored on CPU
+    loss: str = "token"  # "token": mean over every answer token; "record": mean over records of each one's mean
     task_mix: Mapping[str, float] = field(default_factory=dict)  # empty: equal over the stage's tasks with data
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.warmup < 0:
             raise ValueError(f"steps >= 0, batch_size >= 1, grad_accum >= 1, warmup >= 0 expected; got {self}")
+        if self.loss not in ("token", "record"):
+            raise ValueError(f"loss must be 'token' or 'record', got {self.loss!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         unknown = sorted(set(self.task_mix) - set(TASKS))
@@ -159,8 +166,25 @@ def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
+def record_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
+    """Sum over the records (rows) of each record's *mean* next-token cross-entropy, in float32: every record
+    weighs the same, however long its answer (a one-word closed answer as much as a 35-token caption)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    flat_logits, flat_labels = shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1)
+    per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="none")
+    per_token = per_token.view(shift_labels.shape)
+    counts = (shift_labels != IGNORE).sum(dim=1)
+    return (per_token.sum(dim=1) / counts.clamp(min=1)).sum()
+
+
 def label_count(labels: Tensor) -> int:
     return int((labels[:, 1:] != IGNORE).sum())
+
+
+def record_count(labels: Tensor) -> int:
+    """Rows with at least one labelled position."""
+    return int((labels[:, 1:] != IGNORE).any(dim=1).sum())
 
 
 def switch_plugin(model: nn.Module, task: str) -> None:
@@ -206,7 +230,7 @@ def _atomic_save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
             os.unlink(tmp)
 
 
-def save_loss_curve(losses: Sequence[float], tasks: Sequence[str], path: Path, title: str) -> Path:
+def save_loss_curve(losses: Sequence[float], tasks: Sequence[str], path: Path, title: str, unit: str = "token") -> Path:
     """A PNG of the per-step loss (one colour per task) and its running mean (matplotlib, Agg backend)."""
     import matplotlib
 
@@ -226,7 +250,7 @@ def save_loss_curve(losses: Sequence[float], tasks: Sequence[str], path: Path, t
     ]
     ax.plot(steps, running, color="black", linewidth=1, label=f"mean of {window}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (token cross-entropy)")
+    ax.set_ylabel(f"loss ({unit}-mean cross-entropy)")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
@@ -368,7 +392,8 @@ def train_stage(
             collate([pool[i] for i in shard(global_indices[k : k + args.batch_size], env)])
             for k in range(0, len(global_indices), args.batch_size)
         ]
-        tokens = int(all_reduce_sum(torch.tensor(sum(label_count(b["labels"]) for b in micro)), env).item())
+        count = record_count if args.loss == "record" else label_count
+        tokens = int(all_reduce_sum(torch.tensor(sum(count(b["labels"]) for b in micro)), env).item())
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float32)
         for k, batch in enumerate(micro):
@@ -377,7 +402,7 @@ def train_stage(
             sync = k == len(micro) - 1 or not env.distributed
             with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:  # type: ignore[operator]
                 logits = ddp(**inputs).logits
-            summed = token_loss_sum(logits, labels)
+            summed = (record_loss_sum if args.loss == "record" else token_loss_sum)(logits, labels)
             (summed * (env.world / max(1, tokens))).backward()
             loss_sum += summed.detach().cpu()
         for name, param in params:
@@ -442,7 +467,7 @@ def train_stage(
         out.mkdir(parents=True, exist_ok=True)
         _atomic_save_tensors(named_tensors(model, keep_names), final)
         if losses:
-            curve = save_loss_curve(losses, tasks, out / CURVE_FILE, f"stage {spec.key}: {spec.name}")
+            curve = save_loss_curve(losses, tasks, out / CURVE_FILE, f"stage {spec.key}: {spec.name}", args.loss)
         meta = {
             "run_key": key,
             "stage": str(spec.key),

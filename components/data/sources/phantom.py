@@ -168,13 +168,13 @@ def _place_lesions(
     hosts += [int(rng.choice([LIVER, LIVER, SPLEEN, KIDNEY_L, KIDNEY_R])) for _ in range(count - 1)]
     out: list[Lesion] = []
     for k, host in enumerate(hosts):
-        # The first lesion is the largest: its radius never falls below 0.045, above every other radius.
-        big = (0.05, 0.065) if host in (KIDNEY_L, KIDNEY_R) else (0.075, 0.1)
-        r = rng.uniform(*big) if k == 0 else rng.uniform(0.025, 0.04)
+        # The first lesion is the largest: its radius never falls below 0.052, above every other radius.
+        big = (0.055, 0.068) if host in (KIDNEY_L, KIDNEY_R) else (0.11, 0.15)
+        r = rng.uniform(*big) if k == 0 else rng.uniform(0.035, 0.05)
         ys, xs = np.nonzero(lab == host)
         for attempt in range(900):
             if attempt and attempt % 150 == 0 and k == 0:
-                r = max(0.045, r * 0.85)  # a small or crowded organ: shrink the lesion and try again
+                r = max(0.052, r * 0.85)  # a small or crowded organ: shrink the lesion and try again
             j = int(rng.integers(len(xs)))
             px, py = float(x[ys[j], xs[j]]), float(y[ys[j], xs[j]])
             clear = all((px - o.x) ** 2 + (py - o.y) ** 2 > (r + o.r + 0.03) ** 2 for o in out)

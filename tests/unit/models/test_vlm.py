@@ -16,7 +16,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 from components.models.collate import VLMCollator
 from components.models.generate import answer_questions, codes_from_tokens, generate_image_codes, greedy_decode
 from components.models.tokenizer import add_image_code_tokens, image_code_tokens, train_tokenizer
-from components.models.vlm import MedVLM, VLMArgs, build_vlm
+from components.models.vlm import MedVLM, VLMArgs, build_vlm, merge_patches
 
 torch.set_num_threads(2)
 
@@ -79,6 +79,31 @@ def test_default_shapes() -> None:
     assert set(model.projectors) == {"comprehension", "generation"}
     assert model.lm.get_input_embeddings().weight.shape[0] == len(model.tokenizer)  # type: ignore[arg-type]
     assert model.lm.config.eos_token_id == 3 and model.lm.config.pad_token_id == 0
+
+
+def test_merge_patches_concatenates_each_block_in_row_major_order() -> None:
+    grid = torch.arange(16.0).view(1, 16, 1)  # a 4 x 4 grid of 1-d "features": patch (r, c) holds 4r + c
+    merged = merge_patches(grid, 2)
+    assert merged.shape == (1, 4, 4)
+    assert merged[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    assert torch.equal(merge_patches(grid, 1), grid)
+    assert merge_patches(torch.randn(2, 16, 3), 4).shape == (2, 1, 48)
+    with pytest.raises(ValueError, match="cannot merge 3x3 patches of a 16-patch grid"):
+        merge_patches(grid, 3)
+
+
+@pytest.mark.parametrize(("merge", "tokens"), [(1, 16), (2, 4), (4, 1)])
+def test_merged_image_tokens_reach_the_lm_and_save_load(merge: int, tokens: int, tmp_path: Path) -> None:
+    model = new_model(VLMArgs(**{**SMALL.__dict__, "merge": merge}), codes=K)
+    assert model.num_image_tokens == tokens
+    assert model.projectors["comprehension"][0].in_features == 32 * merge**2
+    batch = batch_for(model, MIXED)
+    assert int((batch["input_ids"][0] == model.image_token_id).sum()) == tokens  # type: ignore[index]
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch).logits
+        after = MedVLM.load(model.save(tmp_path / "m"))(**batch).logits
+    torch.testing.assert_close(after, before)
 
 
 def test_mixed_batch_forward_has_finite_loss() -> None:

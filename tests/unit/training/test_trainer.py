@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from components.training.stages import trainable_parameters
-from components.training.trainer import TrainArgs, cosine_schedule, token_loss_sum, train_stage
+from components.training.trainer import TrainArgs, cosine_schedule, record_loss_sum, token_loss_sum, train_stage
 from tests.unit.training.conftest import ModelFactory, pools_and_collate
 
 
@@ -94,6 +94,32 @@ def test_grad_accumulation_equals_the_big_batch(
     start = {n: p.detach() for n, p in make_model("hlora", dropout=0.0).named_parameters()}
     moved = [n for n in big if not torch.equal(big[n], start[n])]
     assert moved  # the test means something: parameters did change
+    for name in big:
+        torch.testing.assert_close(acc[name], big[name], rtol=1e-4, atol=1e-6)
+
+
+def test_record_loss_weighs_every_record_alike() -> None:
+    logits = torch.randn(3, 5, 7)
+    labels = torch.full((3, 5), -100)
+    labels[0, 1:] = torch.tensor([1, 2, 3, 4])  # a long answer
+    labels[1, 4] = 5  # a one-token answer
+    # row 2 has no label: it counts for nothing
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
+                                                  ignore_index=-100, reduction="none").view(3, 4)  # fmt: skip
+    expected = per_token[0].mean() + per_token[1, 3]
+    torch.testing.assert_close(record_loss_sum(logits, labels), expected)
+    with pytest.raises(ValueError, match="loss must be 'token' or 'record'"):
+        TrainArgs(steps=1, lr=1e-3, loss="sample")
+
+
+def test_record_loss_accumulation_equals_the_big_batch(
+    make_model: ModelFactory, toy_dataset: Path, toy_vq: Path, tmp_path: Path
+) -> None:
+    """With the per-record loss too, accum 2 x batch 2 == batch 4 (normalised by the step's record count)."""
+    big = _trained(make_model, toy_dataset, toy_vq, tmp_path / "a", batch_size=4, grad_accum=1, loss="record")
+    acc = _trained(make_model, toy_dataset, toy_vq, tmp_path / "b", batch_size=2, grad_accum=2, loss="record")
+    token = _trained(make_model, toy_dataset, toy_vq, tmp_path / "c", batch_size=4, grad_accum=1)
+    assert any(not torch.equal(big[n], token[n]) for n in big)  # the two losses differ on these records
     for name in big:
         torch.testing.assert_close(acc[name], big[name], rtol=1e-4, atol=1e-6)
 
