@@ -2,7 +2,10 @@
 
 A CLIP vision encoder, one 2-layer GELU MLP projector per task (vision width -> LM width) and a causal LM. The
 collator expands each ``<image>`` into ``num_image_tokens`` placeholder ids; :meth:`MedVLM.embed_inputs` replaces
-their embeddings with the projected patch features (CLS dropped). **HVP**: one vision forward with
+their embeddings with the projected patch features (CLS dropped; with ``merge`` = m, each m x m block of
+neighbouring patches is concatenated into one token first, Qwen2-VL's patch merger: the tiny default's 64 px image
+is 8 x 8 patches of 8 px, merged 4 x 4 into 4 LM tokens, which the from-scratch LM learns to read far sooner).
+**HVP**: one vision forward with
 ``output_hidden_states=True`` gives every level; a comprehension example reads ``hidden_states[comp_layer]``
 (default -2, the penultimate: abstract features) through ``projectors["comprehension"]``, a generation example
 ``hidden_states[gen_layer]`` (default 1, the first encoder layer's output: concrete features) through
@@ -65,7 +68,7 @@ class VLMArgs:
     vision_heads: int = 4
     image_size: int = 64  # pixels per side
     patch_size: int = 8  # -> (64/8)^2 = 64 patches
-    merge: int = 1  # m x m neighbouring patches -> one image token (concatenated before the projector); 1: none
+    merge: int = 1  # m x m patches -> one image token (before the projector); 1: none. The config's default is 4
     channels: int = 1  # 1 = grey (CLIP's conv takes any channel count), 3 = RGB
     lm_hidden: int = 128
     lm_layers: int = 4

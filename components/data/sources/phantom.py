@@ -15,7 +15,7 @@ schedules. Generation pairs: CT -> MRI and MRI -> CT of the same slice, and 4x s
 
 Deterministic for ``(seed, subjects, render_size, sites)``. Used from the config::
 
-    sources: {phantom: {kind: phantom, subjects: 48, seed: 0}}
+    sources: {phantom: {kind: phantom, subjects: 400, seed: 0}}
 """
 
 from __future__ import annotations
