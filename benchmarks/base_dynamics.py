@@ -126,7 +126,7 @@ def main() -> None:
         opt.step()
         sched.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
         clock += time.perf_counter() - t0
         if step % ns.eval == 0 or step == ns.steps:
             model.eval()
