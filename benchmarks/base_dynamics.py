@@ -30,7 +30,7 @@ from components.evaluation.report import evaluate_model
 from components.models.collate import VLMCollator
 from components.models.tokenizer import train_tokenizer
 from components.models.vlm import MedVLM, VLMArgs, build_vlm
-from components.training.base import train_texts
+from components.training.base import image_answer_tasks, train_texts, warm_up_vision
 from components.training.data import ImageStore, read_records, select
 from components.training.trainer import record_loss_sum
 
@@ -81,10 +81,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--vision-lr", type=float, default=None, help="learning rate of the encoder + projectors")
     ap.add_argument("--beta2", type=float, default=0.999)
     ap.add_argument("--loss", choices=("token", "record"), default="record")
     ap.add_argument("--model", default="{}", help="VLMArgs overrides as JSON, e.g. '{\"merge\": 4}'")
     ap.add_argument("--clip-steps", type=int, default=0)
+    ap.add_argument("--answer-steps", type=int, default=0, help="vision warm-up steps (bootstrap_base's)")
     ap.add_argument("--eval", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/medtune-base-dynamics"))
@@ -102,7 +104,14 @@ def main() -> None:
     collate = VLMCollator(tok, model.num_image_tokens, store.vision, max_length=512)
     if ns.clip_steps:
         clip_warmup(model, [r for r in train if r.get("kind") == "caption"], store, ns.clip_steps, 1e-3)
-    opt = torch.optim.AdamW(model.parameters(), lr=ns.lr, betas=(0.9, ns.beta2), weight_decay=0.0)
+    seeing = [p for n, p in model.named_parameters() if n.startswith(("vision.", "projectors."))]
+    rest = [p for n, p in model.named_parameters() if not n.startswith(("vision.", "projectors."))]
+    groups = [{"params": rest}, {"params": seeing, "lr": ns.vision_lr or ns.lr}]
+    if ns.answer_steps:
+        tasks = image_answer_tasks(comprehension)
+        warm = warm_up_vision(model, tasks, store, steps=ns.answer_steps, seed=0)
+        print(f"vision warm-up: {len(tasks)} questions, loss {warm[0]:.3f} -> {np.mean(warm[-100:]):.3f}", flush=True)
+    opt = torch.optim.AdamW(groups, lr=ns.lr, betas=(0.9, ns.beta2), weight_decay=0.0)
     warm = max(1, ns.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / ns.steps)))

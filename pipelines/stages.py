@@ -259,6 +259,7 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
                 steps=b.steps,
                 batch_size=b.batch_size,
                 lr=b.lr,
+                vision_warmup=b.vision_warmup,
                 seed=ctx.config.seed,
                 on_metrics=_metrics_logger(session, run_id),
             )

@@ -156,9 +156,15 @@ class ModelConfig(Strict):
 
 
 class BaseSettings(Strict):
-    steps: int = Field(2500, ge=1, description="Full-training steps that bootstrap the tiny base model.")
+    steps: int = Field(2000, ge=1, description="Full-training steps that bootstrap the tiny base model.")
     batch_size: int = Field(16, ge=1, description="Batch size of the bootstrap.")
     lr: float = Field(5e-4, gt=0, description="Learning rate of the bootstrap.")
+    vision_warmup: int = Field(
+        1500,
+        ge=0,
+        description="Steps that first train the vision encoder alone to answer, from pooled patch features, the "
+        "train split's questions whose answer depends on the image only (components.training.base); 0: none.",
+    )
 
 
 class VQSettings(Strict):

@@ -52,7 +52,7 @@ from components.evaluation.report import EvalResult, evaluate_model, write_predi
 from components.models.collate import VLMCollator
 from components.models.vlm import MedVLM, VLMArgs
 from components.models.vq import VQConfig, VQTokenizer, load_dataset_images, train_vq
-from components.training.base import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, bootstrap_base
+from components.training.base import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_VISION_WARMUP, bootstrap_base
 from components.training.data import (
     ImageStore,
     dataset_fingerprint,
@@ -158,6 +158,7 @@ def train_recipe(
     base_steps: int = DEFAULT_STEPS,
     base_batch_size: int = DEFAULT_BATCH,
     base_lr: float = DEFAULT_LR,
+    base_vision_warmup: int = DEFAULT_VISION_WARMUP,
     vq_config: VQConfig | None = None,
     vq_steps: int = 600,
     vq_dir: str | Path | None = None,
@@ -216,7 +217,8 @@ def train_recipe(
     if base_dir is None:
         base = bootstrap_base(
             dataset, work / "base", args=model_args, vocab_size=vocab_size, steps=base_steps,
-            batch_size=base_batch_size, lr=base_lr, seed=seed, env=env, on_metrics=on_metrics,
+            batch_size=base_batch_size, lr=base_lr, vision_warmup=base_vision_warmup, seed=seed, env=env,
+            on_metrics=on_metrics,
             progress=_named_progress(progress, "base"),
         )  # fmt: skip
     else:
@@ -402,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base-steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--base-batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--base-lr", type=float, default=DEFAULT_LR)
+    ap.add_argument("--base-vision-warmup", type=int, default=DEFAULT_VISION_WARMUP)
     ap.add_argument("--vq-dir", type=Path, default=None, help="a trained VQ tokenizer (skips its training)")
     ap.add_argument("--vq-steps", type=int, default=600)
     ap.add_argument("--no-evaluate", action="store_true")
@@ -431,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
             model_args=VLMArgs(**json.loads(ns.model_json)) if ns.model_json else None,
             vq_config=VQConfig(**json.loads(ns.vq_json)) if ns.vq_json else None,
             vocab_size=ns.vocab_size, base_dir=ns.base_dir, base_steps=ns.base_steps,
-            base_batch_size=ns.base_batch_size, base_lr=ns.base_lr, vq_dir=ns.vq_dir, vq_steps=ns.vq_steps,
+            base_batch_size=ns.base_batch_size, base_lr=ns.base_lr,
+            base_vision_warmup=ns.base_vision_warmup, vq_dir=ns.vq_dir, vq_steps=ns.vq_steps,
             adapter_kind=ns.adapter_kind, rank=ns.rank, generation_rank=ns.generation_rank, num_experts=ns.experts,
             dropout=ns.dropout, features=[f for f in ns.features.split(",") if f.strip()],
             rank_per_feature=ns.rank_per_feature, feature_dropout=ns.feature_dropout, stage_steps=stage_steps,

@@ -120,6 +120,7 @@ def run_check(root: Path) -> list[dict[str, Any]]:
     clock = StepClock()
     result = train_recipe(
         dataset, root / "work", model_args=args, base_steps=STEPS, base_batch_size=BATCH, base_lr=1e-4,
+        base_vision_warmup=STEPS,
         vq_steps=STEPS, stage_steps={1: STEPS, 2: STEPS, 3: STEPS}, batch_size=BATCH, checkpoint_every=10_000,
         evaluate=False, progress=clock, device="auto",
     )  # fmt: skip

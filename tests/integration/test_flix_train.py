@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["--config", "configs/smoke.yaml"]
 TINY_RUN = [
-    "base.steps=3", "vq.steps=3", "train.stage1.steps=1", "train.stage2.steps=1", "train.stage3.steps=2",
+    "base.steps=3", "base.vision_warmup=2", "vq.steps=3", "train.stage1.steps=1", "train.stage2.steps=1",
+    "train.stage3.steps=2",
     "train.checkpoint_every=1",
 ]  # fmt: skip
 
