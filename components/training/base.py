@@ -27,10 +27,11 @@ Loss: the *per-record* mean (``TrainArgs.loss="record"``): each record weighs th
 answers are not drowned by the 35-token captions; with the from-scratch LM that shortened the plateau before it
 learns the yes/no questions (benchmarks/README.md, "Phantom closed questions").
 
-Budget (issue 4: "under 3 minutes on 2 cores"): the defaults (2,500 steps of 16 records, AdamW 5e-4, cosine with
-5% warm-up, the 4 x 4 patch merger of the embedded default) took 143-167 s on 2 cores of the development machine
-(torch 2.13 CPU, 2 threads, 1.4 M parameters, 400 phantom subjects). lr 2e-3 (the first default) never left the
-yes/no plateau.
+Budget (issue 4: "under 3 minutes on 2 cores"): the defaults (1,500 warm-up steps of 32 images, then 2,000 steps
+of 16 records, AdamW 5e-4, cosine with 5% warm-up, the 4 x 4 patch merger of the embedded default) took 170 s in
+`make run` on 2 cores of the development machine (torch 2.13 CPU, 2 threads, 1.4 M parameters, 400 phantom
+subjects), 33 s of it the warm-up. lr 2e-3 (the first default) never left the yes/no plateau; without the warm-up
+the lesion questions stayed at chance (benchmarks/README.md, "Phantom closed questions").
 """
 
 from __future__ import annotations
