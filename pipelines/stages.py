@@ -6,10 +6,11 @@ Every stage takes the run context and the parent MLflow run id and returns a sma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,11 +231,33 @@ def _section_hash(ctx: Context, *sections: str, data_version: str = "") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _metrics_logger(session: TrackingSession, run_id: str) -> Callable[[int, dict[str, float]], None]:
-    def log(step: int, metrics: dict[str, float]) -> None:
-        session.log_metrics(run_id, {k: float(v) for k, v in metrics.items()}, step=step)
+class _MetricsLog:
+    """Per-step training metrics to MLflow, sent every ``every`` steps in one batch and at :meth:`flush` (one
+    request per step cost ~3 ms on the local store: 6 s of the base's 2,000 steps)."""
 
-    return log
+    def __init__(self, session: TrackingSession, run_id: str, every: int = 100) -> None:
+        self.session, self.run_id, self.every = session, run_id, every
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self.rows.append((step, {k: float(v) for k, v in metrics.items()}))
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        if rows:
+            self.session.log_metric_steps(self.run_id, rows)
+
+
+@contextlib.contextmanager
+def _metrics_logger(session: TrackingSession, run_id: str) -> Iterator[Callable[[int, dict[str, float]], None]]:
+    """A batched per-step metrics logger, flushed on exit (also when training fails: what was measured is kept)."""
+    log = _MetricsLog(session, run_id)
+    try:
+        yield log
+    finally:
+        log.flush()
 
 
 def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: str = "") -> dict[str, Any]:
@@ -251,18 +274,19 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
         if args.lm_path or args.vision_path:
             base_dir = _checkpoint_base(ctx, args)
         else:
-            base_dir = bootstrap_base(
-                dataset,
-                ctx.state.root / "models",
-                args=args,
-                vocab_size=ctx.config.model.lm.vocab_size,
-                steps=b.steps,
-                batch_size=b.batch_size,
-                lr=b.lr,
-                vision_warmup=b.vision_warmup,
-                seed=ctx.config.seed,
-                on_metrics=_metrics_logger(session, run_id),
-            )
+            with _metrics_logger(session, run_id) as log:
+                base_dir = bootstrap_base(
+                    dataset,
+                    ctx.state.root / "models",
+                    args=args,
+                    vocab_size=ctx.config.model.lm.vocab_size,
+                    steps=b.steps,
+                    batch_size=b.batch_size,
+                    lr=b.lr,
+                    vision_warmup=b.vision_warmup,
+                    seed=ctx.config.seed,
+                    on_metrics=log,
+                )
         seconds = time.perf_counter() - started
         summary_file = base_dir / "base.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
@@ -317,10 +341,11 @@ def rank_search_stage(
             t_final=rs.t_final, grace=rs.grace, gamma=rs.gamma, lr=rs.lr, batch_size=rs.batch_size, seed=cfg.seed,
             target_modules=a.target_modules,
         )  # fmt: skip
-        result = search_ranks(
-            base_dir, ctx.path(cfg.data.out), ctx.state.root / "rank_search" / key, args,
-            on_metrics=_metrics_logger(session, run_id), device=cfg.train.device,
-        )  # fmt: skip
+        with _metrics_logger(session, run_id) as log:
+            result = search_ranks(
+                base_dir, ctx.path(cfg.data.out), ctx.state.root / "rank_search" / key, args,
+                on_metrics=log, device=cfg.train.device,
+            )  # fmt: skip
         ranks = list(result.pattern.values())
         session.log_params(
             run_id,
@@ -397,44 +422,45 @@ def train_stage(
         )
         session.log_dict(run_id, pattern, "rank_pattern.json")
         started = time.perf_counter()
-        result = train_recipe(
-            ctx.path(cfg.data.out),
-            work,
-            model_args=args,
-            base_dir=base_dir,
-            vq_config=VQConfig(
-                image_size=args.image_size,
-                channels=args.channels,
-                downsample=cfg.vq.downsample,
-                codebook_size=cfg.vq.codebook_size,
-                code_dim=cfg.vq.code_dim,
-                hidden=cfg.vq.hidden,
-            ),
-            vq_steps=cfg.vq.steps,
-            adapter_kind=a.kind,
-            rank=a.rank,
-            generation_rank=a.generation_rank,
-            num_experts=a.experts,
-            alpha=a.alpha,
-            dropout=a.dropout,
-            rank_pattern=pattern,
-            target_modules=a.target_modules,
-            features=a.features,
-            rank_per_feature=a.rank_per_feature,
-            feature_dropout=a.feature_dropout,
-            stage_steps={1: t.stage1.steps, 2: t.stage2.steps, 3: t.stage3.steps},
-            stage_lr={1: t.stage1.lr, 2: t.stage2.lr, 3: t.stage3.lr, "mixed": t.stage3.lr},
-            batch_size=t.batch_size,
-            grad_accum=t.grad_accum,
-            warmup_steps=t.warmup_steps,
-            max_grad_norm=t.max_grad_norm,
-            checkpoint_every=t.checkpoint_every,
-            seed=cfg.seed,
-            stages=t.stages,
-            evaluate=False,
-            on_metrics=_metrics_logger(session, run_id),
-            device=t.device,
-        )
+        with _metrics_logger(session, run_id) as log:
+            result = train_recipe(
+                ctx.path(cfg.data.out),
+                work,
+                model_args=args,
+                base_dir=base_dir,
+                vq_config=VQConfig(
+                    image_size=args.image_size,
+                    channels=args.channels,
+                    downsample=cfg.vq.downsample,
+                    codebook_size=cfg.vq.codebook_size,
+                    code_dim=cfg.vq.code_dim,
+                    hidden=cfg.vq.hidden,
+                ),
+                vq_steps=cfg.vq.steps,
+                adapter_kind=a.kind,
+                rank=a.rank,
+                generation_rank=a.generation_rank,
+                num_experts=a.experts,
+                alpha=a.alpha,
+                dropout=a.dropout,
+                rank_pattern=pattern,
+                target_modules=a.target_modules,
+                features=a.features,
+                rank_per_feature=a.rank_per_feature,
+                feature_dropout=a.feature_dropout,
+                stage_steps={1: t.stage1.steps, 2: t.stage2.steps, 3: t.stage3.steps},
+                stage_lr={1: t.stage1.lr, 2: t.stage2.lr, 3: t.stage3.lr, "mixed": t.stage3.lr},
+                batch_size=t.batch_size,
+                grad_accum=t.grad_accum,
+                warmup_steps=t.warmup_steps,
+                max_grad_norm=t.max_grad_norm,
+                checkpoint_every=t.checkpoint_every,
+                seed=cfg.seed,
+                stages=t.stages,
+                evaluate=False,
+                on_metrics=log,
+                device=t.device,
+            )
         session.log_metrics(run_id, {k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
         for curve in result.loss_curves.values():
             session.log_artifact(run_id, Path(curve), "plots")

@@ -67,6 +67,15 @@ def test_run_twice_tracks_registers_and_reuses_data(make_workspace, serve_ui, ne
         names = {f["path"] for f in files.get("files", [])}
         assert "validation.json" in names and "data_docs" in names
         _assert_train_uses_the_searched_pattern(ui, children)
+    # every step of the (first) base bootstrap reached MLflow, though sent in batches
+    base_runs = [r["info"]["run_id"] for r, t in zip(runs, tags, strict=True) if t.get("mlflow.runName") == "base"]
+    steps = yaml.safe_load((ws / "configs" / "smoke.yaml").read_text())["base"]["steps"]
+    histories = [
+        ui.get(f"/api/2.0/mlflow/metrics/get-history?run_id={rid}&metric_key=stagebase/loss").get("metrics", [])
+        for rid in base_runs
+    ]
+    assert sorted(len(h) for h in histories) == [0, steps], histories
+    assert sorted(m["step"] for h in histories for m in h) == list(range(1, steps + 1))
     reused = sorted(t["dvc.reused"] for r, t in zip(runs, tags, strict=True) if t.get("mlflow.runName") == "data")
     assert reused == ["false", "true"]
     assert_second_unsafe_version_refused_and_champion_loads(ws, env, first, second, tmp_path)
