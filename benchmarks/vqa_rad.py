@@ -6,9 +6,10 @@
 
 What it does: builds VL-Health from ``../shared/data/vqa_rad`` alone (the vqa_rad reader re-splits by image, so no
 test image is seen in training; 64 px greyscale like the embedded default), bootstraps the tiny base on the train
-split, trains HealthGPT's comprehension stages (1 and 3; VQA-RAD has no generation pairs, so stage 2 has nothing to
-learn) with H-LoRA, and scores the test split. Two majority baselines, both fitted on the train split: the most
-frequent answer per question type ("majority type") and per question template ("majority template").
+split (the embedded default's base: vision warm-up, 4 x 4 patch merger), trains HealthGPT's comprehension stages
+(1 and 3; VQA-RAD has no generation pairs, so stage 2 has nothing to learn) with H-LoRA, and scores the test split.
+Two majority baselines, both fitted on the train split: the most frequent answer per question type ("majority
+type") and per question template ("majority template").
 
 No pretrained vision or language weights can be had on these machines: the tiny model starts from nothing, so on
 radiology photographs it is expected to lean on question priors (answering "yes"/"no" from the wording). The table
@@ -24,6 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from components.models.vlm import VLMArgs
+from components.training.base import DEFAULT_STEPS, DEFAULT_VISION_WARMUP
 
 REPO = Path(__file__).resolve().parent.parent
 VQA_RAD = (REPO.parent / "shared" / "data" / "vqa_rad").resolve()
@@ -46,7 +50,9 @@ def build(root: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few steps of each part (checks the code path)")
-    ap.add_argument("--base-steps", type=int, default=400)
+    ap.add_argument("--base-steps", type=int, default=DEFAULT_STEPS, help="the embedded default's")
+    ap.add_argument("--vision-warmup", type=int, default=DEFAULT_VISION_WARMUP, help="the embedded default's")
+    ap.add_argument("--merge", type=int, default=4, help="patch merger (model.vision.merge; the default's 4)")
     ap.add_argument("--stage-steps", type=int, default=300, help="steps of stage 1 and of stage 3")
     ap.add_argument("--threads", type=int, default=2)
     ns = ap.parse_args()
@@ -56,11 +62,13 @@ def main() -> None:
     from components.training.recipe import train_recipe
 
     base_steps, stage_steps = (10, 10) if ns.quick else (ns.base_steps, ns.stage_steps)
+    warmup = 10 if ns.quick else ns.vision_warmup
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medtune-vqa-rad-") as tmp:
         dataset = build(Path(tmp))
         result = train_recipe(
-            dataset, Path(tmp) / "work", base_steps=base_steps, stages="1,3", vq_steps=10,
+            dataset, Path(tmp) / "work", model_args=VLMArgs(merge=ns.merge), base_steps=base_steps,
+            base_vision_warmup=warmup, stages="1,3", vq_steps=10,
             stage_steps={1: stage_steps, 3: stage_steps}, task_mix={3: {"comprehension": 1.0}}, device="cpu",
         )  # fmt: skip
         m = result.metrics
@@ -69,7 +77,8 @@ def main() -> None:
         for k in sorted(m)
         if k.startswith("closed/accuracy/question_type=") and m.get("closed/n/question_type=" + k.split("=", 1)[1], 0)
     ]
-    print(f"\nVQA-RAD, images held out: base {base_steps} steps, stages 1 and 3 x {stage_steps} steps "
+    print(f"\nVQA-RAD, images held out: base {warmup} warm-up + {base_steps} steps, merge {ns.merge}, "
+          f"stages 1 and 3 x {stage_steps} steps "
           f"({time.perf_counter() - started:.0f} s)\n")  # fmt: skip
     print("| closed questions | n | tiny VLM | majority (type) | majority (template) |")
     print("|---|---|---|---|---|")

@@ -160,7 +160,7 @@ class BaseSettings(Strict):
     batch_size: int = Field(16, ge=1, description="Batch size of the bootstrap.")
     lr: float = Field(5e-4, gt=0, description="Learning rate of the bootstrap.")
     vision_warmup: int = Field(
-        1500,
+        2000,
         ge=0,
         description="Steps that first train the vision encoder alone to answer, from pooled patch features, the "
         "train split's questions whose answer depends on the image only (components.training.base); 0: none.",
@@ -246,7 +246,7 @@ class TrainConfig(Strict):
         description="Stage 2: heterogeneous plugin adaptation (the new image-code rows learn here).",
     )
     stage3: StageSettings = Field(
-        default_factory=lambda: StageSettings(steps=1000), description="Stage 3: visual instruction fine-tuning."
+        default_factory=lambda: StageSettings(steps=1600), description="Stage 3: visual instruction fine-tuning."
     )
     batch_size: int = Field(8, ge=1, description="Global micro-batch.")
 

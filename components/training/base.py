@@ -66,7 +66,7 @@ BOOTSTRAP_VERSION = 2  # bump when the bootstrap's recipe changes: old caches th
 DEFAULT_STEPS = 2000
 DEFAULT_BATCH = 16
 DEFAULT_LR = 5e-4
-DEFAULT_VISION_WARMUP = 1500
+DEFAULT_VISION_WARMUP = 2000
 WARMUP_FILE = "vision_warmup.safetensors"
 
 

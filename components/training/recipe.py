@@ -81,7 +81,7 @@ RecipeProgress = Callable[[str, int, int, float], None]
 #: at the mean, see components.training.stages), so it gets many steps and a higher rate; stage 3 then trains each
 #: plugin on its task. Generation needs more steps than comprehension (64 codes per answer, learned from scratch),
 #: hence the 70/30 task mix of stages 2, 3 and mixed.
-DEFAULT_STAGE_STEPS: dict[StageKey, int] = {1: 100, 2: 500, 3: 1000}
+DEFAULT_STAGE_STEPS: dict[StageKey, int] = {1: 100, 2: 500, 3: 1600}
 DEFAULT_STAGE_LR: dict[StageKey, float] = {1: 1e-3, 2: 3e-3, 3: 1e-3, "mixed": 2e-3}
 _GEN_HEAVY = {"comprehension": 0.3, "generation": 0.7}
 DEFAULT_TASK_MIX: dict[StageKey, dict[str, float]] = {2: _GEN_HEAVY, 3: _GEN_HEAVY, "mixed": _GEN_HEAVY}
