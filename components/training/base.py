@@ -3,7 +3,7 @@
 
     from components.training.base import bootstrap_base
     base_dir = bootstrap_base(Path("data/vlhealth"), Path("work/base"), args=VLMArgs(merge=4), vocab_size=1000,
-                              steps=2000, batch_size=16, lr=5e-4, vision_warmup=1500, seed=0)
+                              steps=2000, batch_size=16, lr=5e-4, vision_warmup=2000, seed=0)
     model = MedVLM.load(base_dir)            # tokenizer included
 
 or ``python -m components.training.base data/vlhealth work/base``.
@@ -27,11 +27,11 @@ Loss: the *per-record* mean (``TrainArgs.loss="record"``): each record weighs th
 answers are not drowned by the 35-token captions; with the from-scratch LM that shortened the plateau before it
 learns the yes/no questions (benchmarks/README.md, "Phantom closed questions").
 
-Budget (issue 4: "under 3 minutes on 2 cores"): the defaults (1,500 warm-up steps of 32 images, then 2,000 steps
-of 16 records, AdamW 5e-4, cosine with 5% warm-up, the 4 x 4 patch merger of the embedded default) took 170 s in
-`make run` on 2 cores of the development machine (torch 2.13 CPU, 2 threads, 1.4 M parameters, 400 phantom
-subjects), 33 s of it the warm-up. lr 2e-3 (the first default) never left the yes/no plateau; without the warm-up
-the lesion questions stayed at chance (benchmarks/README.md, "Phantom closed questions").
+Budget (issue 4: "under 3 minutes on 2 cores"): the defaults (2,000 warm-up steps of 32 images, then 2,000 steps
+of 16 records, AdamW 5e-4, cosine with 5% warm-up, the 4 x 4 patch merger of the embedded default) took 173 s in
+`make run` on a fresh clone, 2 cores of the development machine (torch 2.13 CPU, 2 threads, 1.4 M parameters, 400
+phantom subjects), about 40 s of it the warm-up. lr 2e-3 (the first default) never left the yes/no plateau;
+without the warm-up the lesion questions stayed at chance (benchmarks/README.md, "Phantom closed questions").
 """
 
 from __future__ import annotations

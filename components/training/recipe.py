@@ -20,10 +20,10 @@ stage 1 in the same work folder, so ``medtune train --stage 1``, then ``--stage 
 Cleanup: rank 0 saves the trained model (:func:`components.training.plugins.save_trained`) to ``work/model``
 with a copy of the VQ tokenizer, and (``evaluate=True``) scores it on the test split.
 
-Measured on the embedded default (400 phantom subjects, 2 CPU cores, 2 threads; `make run` 5 m 42 s in all): base
-170 s (vision warm-up 33 s), stages 1-3 130 s. Test split (40 held-out subjects): closed accuracy 0.907 (majority
-baselines 0.493 per question type, 0.528 per template), CT->MRI SSIM 0.471 (copy-the-input 0.047, VQ ceiling
-0.577). See benchmarks/README.md, "Phantom closed questions".
+Measured on the embedded default (400 phantom subjects, 2 CPU cores, 2 threads; a fresh clone's `make run`, 5 m 40 s
+after the venv): base 173 s (vision warm-up ~40 s), stages 1-3 154 s. Test split (40 held-out subjects): closed
+accuracy 0.927 (majority baselines 0.493 per question type, 0.528 per template), CT->MRI SSIM 0.465 (copy-the-input
+0.047). See benchmarks/README.md, "Phantom closed questions".
 
 Defaults (tuned on the embedded default, 2 CPU cores; see :data:`DEFAULT_STAGE_STEPS`): METHODS.md's learning rate
 2e-4 is for a pretrained 3.8B LM; the tiny LM here trains its plugins and projectors at 1e-3 and stage 2's embedding
