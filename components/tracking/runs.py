@@ -106,14 +106,7 @@ class TrackingSession:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        self.log_metric_steps(run_id, [(step, metrics)])
 
     def log_metric_steps(self, run_id: str, rows: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Many steps' metrics in as few requests as possible (``log_batch`` takes 1,000 metrics at a time)."""

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from components.evaluation.vqa import normalize_answer, question_of, reference_of
+from components.evaluation.vqa import normalize_answer, question_template, reference_of
 from components.models.collate import VLMCollator
 from components.models.tokenizer import train_tokenizer
 from components.models.vlm import MedVLM, VLMArgs, build_vlm
@@ -98,7 +98,7 @@ def image_answer_tasks(
     for r in records:
         if r.get("task") == "comprehension" and r.get("kind") != "caption" and r.get("image"):
             answer = normalize_answer(reference_of(r))
-            by_question[normalize_answer(question_of(r))].append((str(r["image"]), answer))
+            by_question[question_template(r)].append((str(r["image"]), answer))
     tasks = []
     for question in sorted(by_question):
         pairs = by_question[question]
