@@ -40,6 +40,7 @@ from pipelines.cli_common import (
     load_context,
 )
 from pipelines.cli_data import data_app
+from pipelines.cli_import import import_app
 from pipelines.cli_registry import app as registry_app
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+app.add_typer(import_app, name="import")  # medtune import healthgpt
 
 
 @app.command()

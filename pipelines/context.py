@@ -60,11 +60,58 @@ def resolve(
     if not path.is_absolute():
         path = (Path.cwd() / path).resolve()
     cfg = load_params(path, overrides or [])
+    check_model_source(cfg, workspace)
     state = state_paths(workspace)
     if make_state:
         state.make()
     configure_environment(state)
     return Context(workspace, state, cfg, path)
+
+
+def model_path(cfg: MedtuneConfig, workspace: Path) -> Path | None:
+    """The local folder of ``model.path`` (relative paths are the workspace's; a hub id: its cached snapshot)."""
+    value = cfg.model.path
+    if not value:
+        return None
+    from components.models.hf import resolve_checkpoint
+
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute() and (workspace / candidate).is_dir():
+        return workspace / candidate
+    return resolve_checkpoint(value)
+
+
+def check_model_source(cfg: MedtuneConfig, workspace: Path) -> None:
+    """Fail within seconds, before any data work, when the model settings name no usable checkpoint
+    (issue 16): one line naming the key and the path, raised as a ConfigError (exit 2)."""
+    if cfg.model.path:
+        from components.models.hf import CheckpointError, check_checkpoint
+
+        try:
+            folder = model_path(cfg, workspace)
+            assert folder is not None
+            check_checkpoint(folder)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+    for key, value in (("model.lm.path", cfg.model.lm.path), ("model.vision.path", cfg.model.vision.path)):
+        folder = Path(value).expanduser() if value else None
+        if folder is None or value is None:
+            continue
+        if not folder.is_dir():
+            if value.startswith(("/", ".", "~")):
+                raise ConfigError(f"{key}: {value!r} is not a folder")
+            continue  # a hub id: the loader looks in the local cache and says how to download it
+        cfg_file = folder / "config.json"
+        if not cfg_file.is_file():
+            raise ConfigError(f"{key}: {folder} holds no config.json: not a Hugging Face model folder")
+        model_type = str(json.loads(cfg_file.read_text()).get("model_type", ""))
+        if model_type in VLM_TYPES:
+            raise ConfigError(f"{key}: {folder} is a whole {model_type} VLM; pass it as model.path instead")
+        if key == "model.vision.path" and model_type not in ("clip", "clip_vision_model"):
+            raise ConfigError(f"{key}: {folder} is a {model_type!r} model, not a CLIP vision checkpoint")
+
+
+VLM_TYPES = ("llava", "qwen2_5_vl", "qwen2_vl", "gemma3", "idefics3", "smolvlm", "llava_next", "mllama", "paligemma")
 
 
 def load_params(path: Path, overrides: list[str]) -> MedtuneConfig:

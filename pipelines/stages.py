@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,9 +271,12 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
         args = model_args(ctx)
         dataset = ctx.path(ctx.config.data.out)
         b = ctx.config.base
-        started = time.perf_counter()
-        if args.lm_path or args.vision_path:
-            base_dir = _checkpoint_base(ctx, args)
+        started, wall = time.perf_counter(), time.time()
+        how = ""
+        if ctx.config.model.path:
+            base_dir, how = _whole_vlm_base(ctx)
+        elif args.lm_path or args.vision_path:
+            base_dir, how = _checkpoint_base(ctx, args)
         else:
             with _metrics_logger(session, run_id) as log:
                 base_dir = bootstrap_base(
@@ -289,26 +293,27 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
                 )
         seconds = time.perf_counter() - started
         summary_file = base_dir / "base.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-        reused = seconds < 0.5 * float(summary.get("seconds") or 0) or summary.get("seconds") is None
+        if not how:  # the bootstrap writes base.json when it finishes: an older file means a cached base
+            how = "re-used cached" if summary_file.exists() and summary_file.stat().st_mtime < wall else "bootstrapped"
+        reused = how.startswith("re-used")
         session.log_params(run_id, {"base.dir": str(base_dir), "base.steps": b.steps, "base.reused": reused})
         session.log_metrics(run_id, {"base/seconds": seconds})
         if summary_file.exists():
             session.log_artifact(run_id, summary_file)
         if (base_dir / "loss.png").exists():
             session.log_artifact(run_id, base_dir / "loss.png", "plots")
-        echo(f"base: {'re-used cached' if reused else 'bootstrapped'} base model {base_dir.name} ({seconds:.0f} s)")
+        echo(f"base: {how} base model {base_dir.name} ({seconds:.0f} s)")
         return {"base_dir": str(base_dir), "run_id": run_id, "reused": reused}
 
 
-def _checkpoint_base(ctx: Context, args: Any) -> Path:
+def _checkpoint_base(ctx: Context, args: Any) -> tuple[Path, str]:
     """A GPU user's base: local checkpoints assembled into a MedVLM folder once (keyed by the model settings)."""
     from components.models.tokenizer import load_tokenizer
     from components.models.vlm import build_vlm
 
     folder = ctx.state.root / "models" / f"checkpoint-{_section_hash(ctx, 'model')}"
     if (folder / "vlm.json").exists():
-        return folder
+        return folder, "re-used cached"
     tokenizer = load_tokenizer(Path(args.lm_path)) if args.lm_path else None
     if tokenizer is None:
         raise StageFailed("base", "model.vision.path without model.lm.path: give the LM checkpoint too")
@@ -316,7 +321,40 @@ def _checkpoint_base(ctx: Context, args: Any) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     model.save(tmp)
     tmp.rename(folder)
-    return folder
+    return folder, "assembled"
+
+
+def _whole_vlm_base(ctx: Context) -> tuple[Path, str]:
+    """``model.path``: a medtune model folder is the base as it is; a whole HF VLM is loaded once (every tensor as
+    in its files), checked, and saved as a base folder keyed by the checkpoint's files, dtype and HVP level."""
+    from components.models.hf import HFVLM
+    from pipelines.context import model_path
+
+    source = model_path(ctx.config, ctx.workspace)
+    assert source is not None  # model.path is set
+    if (source / "vlm.json").is_file():
+        return source, "using the medtune model folder"
+    files = sorted(p for p in source.iterdir() if p.is_file())
+    described = {
+        "source": str(source.resolve()),
+        "files": [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files],
+        "dtype": ctx.config.model.dtype,
+        "gen_layer": ctx.config.model.generation_layer,
+    }
+    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
+    folder = ctx.state.root / "models" / f"hf-{key}"
+    if (folder / "vlm.json").is_file():
+        return folder, "re-used cached"
+    try:
+        model = HFVLM.from_checkpoint(source, dtype=ctx.config.model.dtype, gen_layer=ctx.config.model.generation_layer)
+    except (OSError, ValueError) as e:
+        raise StageFailed("base", f"model.path {source}: {str(e).splitlines()[0]}") from None
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save(tmp)
+    tmp.rename(folder)
+    return folder, f"loaded {model.family.name}"
 
 
 def rank_search_stage(
@@ -405,6 +443,8 @@ def train_stage(
         pattern_json = json.dumps(pattern, sort_keys=True)
         if searched is not None:  # the searched pattern decides the weights: it is part of the work folder's key
             data_version = f"{data_version}+ranks:{hashlib.sha256(pattern_json.encode()).hexdigest()[:12]}"
+        if cfg.model.path:  # a whole VLM: its base folder (keyed by the checkpoint's files) decides the weights
+            data_version = f"{data_version}+base:{Path(base_dir).name}"
         key = _section_hash(ctx, "model", "base", "vq", "adapter", "train", "seed", data_version=data_version)
         work = ctx.state.root / "train" / key
         args = model_args(ctx)

@@ -148,11 +148,25 @@ class LMSettings(Strict):
 
 
 class ModelConfig(Strict):
+    path: str | None = Field(
+        None,
+        description="A whole VLM as the base: a local Hugging Face folder (LLaVA, Qwen2.5-VL, Gemma 3/MedGemma, "
+        "Idefics3/SmolVLM, saved with its processor), a hub id already in the local HF cache (nothing is "
+        "downloaded), or a medtune model folder (e.g. from `medtune import healthgpt`). Unset: the tiny model.",
+    )
     vision: VisionSettings = Field(default_factory=VisionSettings, description="Vision encoder.")
     lm: LMSettings = Field(default_factory=LMSettings, description="Language model.")
     comprehension_layer: int = Field(-2, description="HVP: encoder hidden state read by comprehension.")
     generation_layer: int = Field(1, description="HVP: encoder hidden state read by generation (shallow).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+
+    @model_validator(mode="after")
+    def _one_base(self) -> ModelConfig:
+        if self.path and (self.lm.path or self.vision.path):
+            raise ValueError(
+                "model.path (a whole VLM) excludes model.lm.path / model.vision.path; give one or the other"
+            )
+        return self
 
 
 class BaseSettings(Strict):

@@ -1,11 +1,12 @@
 """The unified VL-Health build: every configured source -> one folder of records and content-addressed images.
 
 Steps, the same for every source: read samples (a bad one is quarantined or fails the build, per ``on_error``);
-check each against the record contract and scan its question and answer for PHI; decode, normalise and
-PNG-encode every image once (a process pool when ``workers > 1``; the result is identical) and store it under
+check each against the record contract (one ``<image>`` token per input image; a record has zero, one or several
+input images, issue 16) and scan its question and answer for PHI; decode, normalise and PNG-encode every input
+and target image once (a process pool when ``workers > 1``; the result is identical) and store it under
 ``images/<sha[:2]>/<sha>.png`` (exact duplicates share one file); merge records two sources publish alike
-(same image, question, answer and target); split by group, where groups that share an image are split together; write
-``records.jsonl`` (sorted by id) and ``build_report.json``. Same inputs give byte-identical files, so DVC sees
+(same images, question, answer and target); split by group, where groups that share an image are split together;
+write ``records.jsonl`` (sorted by id) and ``build_report.json``. Same inputs give byte-identical files, so DVC sees
 no change. The build happens in a temporary sibling folder that replaces ``out_dir`` only on success; a failed
 build leaves the previous dataset as it was. Unchanged inputs (config, source files, code, key) skip the work.
 
@@ -51,6 +52,8 @@ from components.data.records import (
     SPLITS,
     TASKS,
     Record,
+    record_image_shas,
+    record_images,
 )
 from components.data.sources.base import DataError, SourceContext, SourceSample
 from components.data.splits import check_ratios, official_splits, split_groups
@@ -253,30 +256,31 @@ def _build(
     jobs: list[ImageJob] = []
     job_of: dict[Any, int] = {}
     memo: dict[int, Any] = {}
-    refs: list[tuple[int, int | None]] = []
+    refs: list[tuple[list[int], int | None]] = []
     for _, s in samples:
         target = prepare_job(s.target_image, jobs, job_of, memo) if s.target_image is not None else None
-        refs.append((prepare_job(s.image, jobs, job_of, memo), target))
+        refs.append(([prepare_job(image, jobs, job_of, memo) for image in s.images], target))
     size, mode, resize = policy["size"], policy["mode"], policy["resize"]
     results = run_image_jobs(jobs, tmp / "images", size=size, mode=mode, resize=resize, workers=workers, tick=run.tick)
     timing["images_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     records: list[Record] = []
-    for (name, s), (img, target) in zip(samples, refs, strict=True):
-        failed = [results[j][1] for j in (img, target) if j is not None and results[j][1]]
+    for (name, s), (imgs, target) in zip(samples, refs, strict=True):
+        failed = _image_failure(imgs, target, results)
         if failed:
-            run.bad(name, f"record {name}/{s.uid}", failed[0])
+            run.bad(name, f"record {name}/{s.uid}", failed)
             continue
         try:
-            records.append(_record(name, s, results[img][0], results[target][0] if target is not None else None))
+            shas = [results[j][0] for j in imgs]
+            records.append(_record(name, s, shas, results[target][0] if target is not None else None))
         except ValidationError as e:
             run.bad(name, f"record {name}/{s.uid}", f"does not fit the record contract: {e.errors()[0]['msg']}")
     records, merged = _dedupe(records)
     official = official_splits((s.group, s.split, f"{name}/{s.uid}") for name, s in samples)
     group_images: dict[str, set[str]] = {}
     for r in records:
-        group_images.setdefault(r.group, set()).update(x for x in (r.image_sha256, r.target_image_sha256) if x)
+        group_images.setdefault(r.group, set()).update(x for x in (*record_image_shas(r), r.target_image_sha256) if x)
     weights = Counter(r.group for r in records)
     split_of, conflicts = split_groups(group_images, weights, official, tuple(policy["ratios"]), policy["split_seed"])
     for r in records:
@@ -287,7 +291,7 @@ def _build(
     payload = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
     (tmp / RECORDS_FILE).write_bytes(payload)
     run.tick("write records", len(records), len(records))
-    stored = {r.image for r in records} | {r.target_image for r in records if r.target_image}
+    stored = {path for r in records for path in record_images(r)} | {r.target_image for r in records if r.target_image}
     prune_images(tmp / "images", stored)
     return BuildReport(
         records=len(records),
@@ -323,6 +327,9 @@ def _check(s: SourceSample, seen: set[str]) -> str | None:
         return f"kind {s.kind!r}, task {s.task!r} and target image ({s.target_image is not None}) do not agree"
     if not s.question.replace(IMAGE_TOKEN, "").strip() or not s.answer.strip():
         return "empty question or answer"
+    problem = _image_token_problem(s)
+    if problem:
+        return problem
     if not s.group:
         return "empty group"
     # the same text fields the validation gate scans (components/validation/frame.py), so a record the builder
@@ -336,15 +343,49 @@ def _check(s: SourceSample, seen: set[str]) -> str | None:
     return None
 
 
-def _record(source: str, s: SourceSample, image_sha: str, target_sha: str | None) -> Record:
-    question = f"{IMAGE_TOKEN}\n" + s.question.replace(IMAGE_TOKEN, "").strip()
+def _image_token_problem(s: SourceSample) -> str | None:
+    """Why the sample's images and ``<image>`` tokens do not fit together (issue 16), or None.
+
+    One image (a :class:`SourceImage`): any tokens in the question are dropped and one is put in front, as
+    always. A list: the question holds one token per image. No image: no token. A generation sample needs an
+    input image unless it is ``text_to_image``; an answer never holds a token (gpt turns mark no image)."""
+    count, n = s.question.count(IMAGE_TOKEN), len(s.images)
+    if isinstance(s.image, list) and count != n:
+        return f"field question: {count} '{IMAGE_TOKEN}' token(s) for {n} images in field image (one per image)"
+    if s.image is None and count:
+        return f"field question: {count} '{IMAGE_TOKEN}' token(s) but the sample has no image (text-only)"
+    if IMAGE_TOKEN in s.answer:
+        return f"field answer holds '{IMAGE_TOKEN}' (only the question marks images)"
+    if s.task == "generation" and s.kind != "text_to_image" and not n:
+        return f"field image: a {s.kind!r} generation sample needs at least one input image"
+    return None
+
+
+def _image_failure(imgs: list[int], target: int | None, results: list[tuple[str, str]]) -> str:
+    """The first image of a record that failed to process, named by its place in the record ('' if none)."""
+    for i, j in enumerate(imgs):
+        if results[j][1]:
+            return results[j][1] if len(imgs) == 1 else f"field image[{i}] ({i + 1} of {len(imgs)}): {results[j][1]}"
+    return results[target][1] if target is not None else ""
+
+
+def _record(source: str, s: SourceSample, image_shas: list[str], target_sha: str | None) -> Record:
+    paths = [f"images/{sha[:2]}/{sha}.png" for sha in image_shas]
+    image: str | list[str] | None
+    image_sha: str | list[str] | None
+    if len(paths) == 1:  # one image: a string, the token in front (LLaVA's layout; byte-identical to before)
+        question = f"{IMAGE_TOKEN}\n" + s.question.replace(IMAGE_TOKEN, "").strip()
+        image, image_sha = paths[0], image_shas[0]
+    else:  # several (tokens where they are, checked by _check) or none
+        question = s.question.strip()
+        image, image_sha = (paths, list(image_shas)) if paths else (None, None)
     features = {"task": s.task, "modality": s.modality, **{k: str(v) for k, v in s.features.items()}}
     return Record.model_validate(
         {
             "id": f"{source}/{s.uid}",
             "source": source,
             "license": s.license,
-            "image": f"images/{image_sha[:2]}/{image_sha}.png",
+            "image": image,
             "image_sha256": image_sha,
             "modality": s.modality,
             "body_part": s.body_part.lower() or "unknown",
@@ -369,10 +410,10 @@ def _dedupe(records: list[Record]) -> tuple[list[Record], int]:
     such "paraphrase" pairs whose paraphrase equals the original); merging them would silently change the
     published counts (2,248 QA pairs).
     """
-    kept: dict[tuple[str, str, str, str | None], Record] = {}
+    kept: dict[tuple[tuple[str, ...], str, str, str | None], Record] = {}
     out: list[Record] = []
     for r in sorted(records, key=lambda r: r.id):
-        key = (r.image_sha256, r.question, r.answer, r.target_image_sha256)
+        key = (tuple(record_image_shas(r)), r.question, r.answer, r.target_image_sha256)
         first = kept.setdefault(key, r)
         if first is r or first.source == r.source:
             out.append(r)

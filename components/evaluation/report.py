@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from components.data.records import record_images
 from components.evaluation.vqa import MajorityBaseline, score_images, score_vqa
+from components.models.backend import image_loader, store_size
 from components.models.generate import answer_questions, generate_image_codes
-from components.models.vlm import MedVLM
 from components.training.data import ImageStore, read_records, select
 
 SHORT_ANSWER_TOKENS = 16
@@ -40,7 +41,7 @@ class EvalResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def use_plugin(model: MedVLM, task: str) -> None:
+def use_plugin(model: Any, task: str) -> None:
     """Switch in ``task``'s peft plugin when the model has one (the hard task router)."""
     lm: Any = model.lm
     if isinstance(getattr(lm, "peft_config", None), dict) and task in lm.peft_config:
@@ -48,7 +49,7 @@ def use_plugin(model: MedVLM, task: str) -> None:
 
 
 def evaluate_model(
-    model: MedVLM,
+    model: Any,
     dataset_dir: str | Path,
     *,
     vq: Any = None,
@@ -65,7 +66,9 @@ def evaluate_model(
     all_records = list(records) if records is not None else read_records(dataset)
     test = select(all_records, split=split)
     baseline = MajorityBaseline.fit(select(all_records, split=train_split, task="comprehension"))
-    store = ImageStore(dataset, model.image_size, model.channels)
+    size = (vq.config.image_size, vq.config.channels) if vq is not None else (64, 1)
+    store = ImageStore(dataset, *store_size(model, *size))
+    load = image_loader(model, store)
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -79,8 +82,8 @@ def evaluate_model(
         for part, tokens in ((short, SHORT_ANSWER_TOKENS), (captions, CAPTION_TOKENS)):
             if part:
                 out = answer_questions(
-                    model, model.tokenizer, part, store.vision, max_new_tokens=tokens, batch_size=batch_size,
-                    max_length=model.args.max_positions,
+                    model, model.tokenizer, part, load, max_new_tokens=tokens, batch_size=batch_size,
+                    max_length=model.max_length,
                 )  # fmt: skip
                 answers.update({str(r["id"]): a for r, a in zip(part, out, strict=True)})
         vqa_metrics, vqa_rows = score_vqa(comprehension, [answers[str(r["id"])] for r in comprehension], baseline)
@@ -93,13 +96,13 @@ def evaluate_model(
         t1 = time.perf_counter()
         use_plugin(model, "generation")
         codes = generate_image_codes(
-            model, model.tokenizer, generation, store.vision, num_codes=int(vq.num_codes_per_image),
-            batch_size=batch_size, max_length=model.args.max_positions,
+            model, model.tokenizer, generation, load, num_codes=int(vq.num_codes_per_image),
+            batch_size=batch_size, max_length=model.max_length,
         )  # fmt: skip
         with torch.no_grad():
             generated = vq.decode(codes.to(next(vq.parameters()).device)).cpu()
             targets = store.pixel_batch([str(r["target_image"]) for r in generation])
-            inputs = store.pixel_batch([str(r["image"]) for r in generation])
+            inputs = store.pixel_batch([record_images(r)[0] for r in generation])
             reconstructed = vq.decode(vq.encode(targets.to(next(vq.parameters()).device))).cpu()
         image_metrics, image_rows = score_images(generation, generated, targets, inputs, reconstructed)
         metrics.update(image_metrics)

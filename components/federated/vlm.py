@@ -130,11 +130,12 @@ class VLMTask:
 
     def collate(self, model: nn.Module) -> Any:
         if self._collate is None:
-            from components.models.collate import VLMCollator
+            from components.models.backend import image_loader, store_size
             from components.training.data import ImageStore
 
-            store = ImageStore(self.dataset, model.image_size, model.channels)  # type: ignore[arg-type]
-            self._collate = VLMCollator(model.tokenizer, model.num_image_tokens, store.vision)  # type: ignore[arg-type]
+            vlm: Any = model
+            store = ImageStore(self.dataset, *store_size(vlm, 64, 1))
+            self._collate = vlm.collator(image_loader(vlm, store))
         return self._collate
 
     def _loss(self, model: nn.Module, records: list[dict[str, Any]]) -> tuple[Tensor, int, int]:

@@ -27,14 +27,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from components.models.collate import LoadImage, VLMCollator
+from components.models.collate import LoadImage
 from components.models.tokenizer import ImageCodeTokens, image_code_tokens
-from components.models.vlm import MedVLM
 
 
 @torch.no_grad()
 def greedy_decode(
-    model: MedVLM,
+    model: Any,
     input_ids: Tensor,
     attention_mask: Tensor,
     pixel_values: Tensor | None,
@@ -43,15 +42,24 @@ def greedy_decode(
     allowed_ids: Sequence[int] | None = None,
     stop_id: int | None = None,
     pad_id: int = 0,
+    **images: Any,
 ) -> Tensor:
     """Greedy continuation of left-padded prompts -> (B, T) new token ids, T <= max_new_tokens.
 
     ``allowed_ids`` restricts every step's argmax to those tokens; after ``stop_id`` a row yields ``pad_id``; the
-    loop ends early once every row has stopped."""
+    loop ends early once every row has stopped. ``images`` are the collator's other image keys (``image_counts``,
+    a family's grid sizes ...). Positions come from the model where its family has its own (Qwen2.5-VL's 3-D
+    multimodal RoPE), else from the attention mask; each new token continues every row at its last position + 1."""
     device = next(model.lm.parameters()).device
     input_ids, mask = input_ids.to(device), attention_mask.to(device)
-    embeds = model.embed_inputs(input_ids, None if pixel_values is None else pixel_values.to(device), tasks)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    images = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in images.items()}
+    pixels = None if pixel_values is None else pixel_values.to(device)
+    embeds = model.embed_inputs(input_ids, pixels, tasks, **images)
+    family_positions = None
+    if pixels is not None:
+        extra = {k: v for k, v in images.items() if k != "image_counts"}
+        family_positions = model.position_ids(input_ids, mask, pixel_values=pixels, **extra)
+    positions = family_positions if family_positions is not None else (mask.cumsum(dim=1) - 1).clamp(min=0)
     allowed = None
     if allowed_ids is not None:
         allowed = torch.full((model.lm.get_output_embeddings().weight.shape[0],), float("-inf"), device=device)
@@ -71,7 +79,7 @@ def greedy_decode(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions[:, -1:] + 1
+        positions = positions[..., -1:] + 1  # (B, 1), or (3, B, 1) for 3-D RoPE
         out = model.lm(
             inputs_embeds=model.lm.get_input_embeddings()(nxt[:, None]),
             attention_mask=mask,
@@ -99,7 +107,7 @@ def _features(records: Sequence[Mapping[str, Any]], task: str | None = None) -> 
 class _Eval:
     """Put a model in eval mode for a block and restore its mode after."""
 
-    def __init__(self, model: MedVLM) -> None:
+    def __init__(self, model: Any) -> None:
         self.model, self.was_training = model, model.training
 
     def __enter__(self) -> None:
@@ -110,16 +118,16 @@ class _Eval:
 
 
 def answer_questions(
-    model: MedVLM,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     records: Sequence[Mapping[str, Any]],
     load_image: LoadImage,
     max_new_tokens: int = 16,
     batch_size: int = 16,
-    max_length: int = 512,
+    max_length: int | None = None,
 ) -> list[str]:
     """Greedy text answers to each record's (last) question; EOS ends an answer, special tokens are dropped."""
-    collate = VLMCollator(tokenizer, model.num_image_tokens, load_image, max_length=max_length)
+    collate = model.collator(load_image, max_length=max_length)
     answers: list[str] = []
     with _Eval(model):
         for chunk in _batches(records, batch_size):
@@ -136,20 +144,20 @@ def answer_questions(
 
 
 def generate_image_codes(
-    model: MedVLM,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     records: Sequence[Mapping[str, Any]],
     load_image: LoadImage,
     num_codes: int,
     batch_size: int = 16,
-    max_length: int = 512,
+    max_length: int | None = None,
 ) -> Tensor:
     """(B, num_codes) VQ code indices in ``[0, K)``: ``<img_start>`` forced, then only code tokens, ``num_codes``
     steps. Reshape to the VQ grid for the decoder."""
     if num_codes < 1:
         raise ValueError(f"num_codes must be positive, got {num_codes}")
     codes = image_code_tokens(tokenizer)
-    collate = VLMCollator(tokenizer, model.num_image_tokens, load_image, max_length=max_length)
+    collate = model.collator(load_image, max_length=max_length)
     index = torch.full((max(codes.codes) + 1,), -1, dtype=torch.long)
     index[torch.tensor(codes.codes)] = torch.arange(codes.codebook_size)
     chunks: list[Tensor] = []
@@ -160,15 +168,9 @@ def generate_image_codes(
             ids = torch.cat([batch["input_ids"], start], dim=1)
             mask = torch.cat([batch["attention_mask"], torch.ones_like(start)], dim=1)
             with _features(chunk, task="generation"):
+                rest = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
                 new = greedy_decode(
-                    model,
-                    ids,
-                    mask,
-                    batch["pixel_values"],
-                    batch["tasks"],
-                    max_new_tokens=num_codes,
-                    allowed_ids=codes.codes,
-                    pad_id=collate.pad,
+                    model, ids, mask, max_new_tokens=num_codes, allowed_ids=codes.codes, pad_id=collate.pad, **rest
                 )
             chunks.append(index[new.cpu()])
     out = torch.cat(chunks, dim=0)

@@ -74,9 +74,16 @@ def ensure_vlm_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
         raise ValueError("the tokenizer has no EOS token; medtune ends every answer with EOS")
     if IMAGE not in tokenizer.get_vocab():
         tokenizer.add_tokens([AddedToken(IMAGE, special=True, normalized=False)], special_tokens=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return token_id(tokenizer, IMAGE)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Use EOS as the pad token when a checkpoint's tokenizer has none (pads are never attended nor learned)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from components.data.records import TASKS
 from components.models.tokenizer import ensure_vlm_tokens, load_tokenizer, save_tokenizer
+from components.models.vocab import grow_vocabulary
 
 FORMAT = "medtune.vlm"
 FORMAT_VERSION = 1
@@ -138,11 +139,6 @@ def load_local_vision(path: str, dtype: torch.dtype) -> CLIPVisionModel:
         raise _not_local("vision_path", path, e) from e
 
 
-def _param(module: nn.Module | None, name: str) -> Tensor | None:
-    value = getattr(module, name, None) if module is not None else None
-    return value if isinstance(value, Tensor) else None
-
-
 def _side(value: object) -> int:
     """A config's image/patch size: an int or an (h, w) pair (square images only)."""
     if isinstance(value, (list, tuple)):
@@ -183,7 +179,38 @@ class MedVLM(nn.Module):
         if missing:
             raise ValueError(f"projectors lack {sorted(missing)}; one projector per task in {TASKS}")
 
+    input_kind = "tensor"  # the collator takes the normalised pixel tensors of make_image_loader
+
     # -- shapes -------------------------------------------------------------------------------------------------
+    @property
+    def max_length(self) -> int:
+        return self.args.max_positions
+
+    @property
+    def family_name(self) -> str:
+        return "medtune"
+
+    def collator(
+        self,
+        load_image: Any,
+        *,
+        target_codes: Any = None,
+        max_length: int | None = None,
+        with_features: bool = False,
+    ) -> Any:
+        """The training/generation collator of this model (the tiny model's fixed template, see collate.py)."""
+        from components.models.collate import VLMCollator
+
+        if self.tokenizer is None:
+            raise ValueError("the model has no tokenizer")
+        return VLMCollator(
+            self.tokenizer, self.num_image_tokens, load_image, target_codes=target_codes,
+            max_length=max_length or self.args.max_positions, with_features=with_features,
+        )  # fmt: skip
+
+    def position_ids(self, input_ids: Tensor, attention_mask: Tensor, **images: Any) -> Tensor | None:
+        return None
+
     @property
     def image_size(self) -> int:
         return _side(self.vision.config.image_size)
@@ -225,7 +252,9 @@ class MedVLM(nn.Module):
         assert out is not None  # tasks is non-empty: checked above through pixel_values' batch size
         return out
 
-    def embed_inputs(self, input_ids: Tensor, pixel_values: Tensor | None, tasks: list[str]) -> Tensor:
+    def embed_inputs(
+        self, input_ids: Tensor, pixel_values: Tensor | None, tasks: list[str], image_counts: Any = None
+    ) -> Tensor:
         """Token embeddings with the image placeholders replaced by image features (0 or N placeholders a row)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         is_image = input_ids == self.image_token_id
@@ -251,41 +280,20 @@ class MedVLM(nn.Module):
         pixel_values: Tensor | None,
         tasks: list[str],
         labels: Tensor | None = None,
+        image_counts: Any = None,
         **lm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """The LM's output (``loss`` when ``labels`` are given, ``logits``); extra kwargs go to the LM."""
+        """The LM's output (``loss`` when ``labels`` are given, ``logits``); extra kwargs go to the LM.
+        ``image_counts`` (one image or none per record here) is accepted for the callers shared with HFVLM."""
         embeds = self.embed_inputs(input_ids, pixel_values, tasks)
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
 
     # -- vocabulary ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def resize_token_embeddings_mean(self, new_vocab_size: int) -> None:
-        """Grow the vocabulary; each new input row and output row (and bias) equals the mean of the old rows.
-
-        transformers' own ``mean_resizing`` samples around the mean; HealthGPT starts new rows *at* the mean."""
-        inp = _param(self.lm.get_input_embeddings(), "weight")
-        assert inp is not None
-        old = int(inp.shape[0])
-        if new_vocab_size == old:
-            return
-        if new_vocab_size < old:
-            raise ValueError(f"cannot shrink the vocabulary from {old} to {new_vocab_size}")
-        out = _param(self.lm.get_output_embeddings(), "weight")
-        tied = out is not None and out.data_ptr() == inp.data_ptr()
-        bias = None if tied else _param(self.lm.get_output_embeddings(), "bias")
-        mean_in = inp.float().mean(dim=0)
-        mean_out = out.float().mean(dim=0) if out is not None and not tied else None
-        mean_bias = bias.float().mean() if bias is not None else None
-        self.lm.resize_token_embeddings(new_vocab_size, mean_resizing=False)
-        new_in = _param(self.lm.get_input_embeddings(), "weight")
-        assert new_in is not None
-        new_in[old:] = mean_in.to(new_in.dtype)
-        new_out = _param(self.lm.get_output_embeddings(), "weight")
-        if mean_out is not None and new_out is not None:
-            new_out[old:] = mean_out.to(new_out.dtype)
-        new_bias = _param(self.lm.get_output_embeddings(), "bias")
-        if mean_bias is not None and new_bias is not None:
-            new_bias[old:] = mean_bias.to(new_bias.dtype)
+    def resize_token_embeddings_mean(self, new_vocab_size: int, first_new: int | None = None) -> None:
+        """Rows ``[first_new, new_vocab_size)`` at the mean of the rows before (growing only past the padding);
+        see :func:`components.models.vocab.grow_vocabulary`."""
+        grow_vocabulary(self.lm, new_vocab_size, first_new)
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

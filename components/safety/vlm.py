@@ -24,13 +24,11 @@ from components.safety.suts import Generate
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from components.models.vlm import MedVLM
-
 
 TEXT_PLUGIN = "comprehension"  # HealthGPT's hard router: text answers go through the comprehension plugin
 
 
-def _use_plugin(model: MedVLM, name: str) -> str | None:
+def _use_plugin(model: Any, name: str) -> str | None:
     """Activate peft adapter ``name`` on the LM when it has one and another is active; return the one it replaced
     (as components.training.trainer.switch_plugin, inference mode: no parameter starts requiring grad)."""
     lm: Any = model.lm
@@ -49,7 +47,7 @@ def _no_image(_: str) -> Any:
 
 
 def vlm_generator(
-    model: MedVLM,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     *,
     batch_size: int = 8,
@@ -59,10 +57,9 @@ def vlm_generator(
 
     from components.adapters.flix import use_features
     from components.data.records import IMAGE_TOKEN
-    from components.models.collate import VLMCollator
     from components.models.generate import greedy_decode
 
-    collate = VLMCollator(tokenizer, model.num_image_tokens, _no_image)
+    collate = model.collator(_no_image)  # the model's own template: the checkpoint's chat template for a whole VLM
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
@@ -119,12 +116,13 @@ def load_vlm(
     adapter_name: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
-) -> MedVLM:
-    """A MedVLM from its :meth:`~components.models.vlm.MedVLM.save` folder, with a peft adapter folder (LoRA or
-    medtune's H-LoRA, saved with ``save_pretrained``) on its language model when ``adapter_dir`` is given."""
-    from components.models.vlm import MedVLM
+) -> Any:
+    """A base model from its saved folder (:func:`components.models.backend.load_vlm`: the tiny MedVLM or a whole
+    HF VLM), with a peft adapter folder (LoRA or medtune's H-LoRA, saved with ``save_pretrained``) on its language
+    model when ``adapter_dir`` is given."""
+    from components.models.backend import load_vlm as load_base
 
-    model = MedVLM.load(model_dir, dtype=dtype)
+    model = load_base(model_dir, dtype=dtype)
     if model.tokenizer is None:
         raise ValueError(f"{model_dir}: the saved model has no tokenizer; save it with MedVLM.save(tokenizer set)")
     if adapter_dir is not None:

@@ -70,19 +70,27 @@ def file_to_base64(path: str | Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def decode_image(data: str, image_size: int, channels: int, row: int = 0) -> Any:
-    """Base64 image -> the encoder's input (C, S, S), ``(x/255 - 0.5)/0.5`` as in training
-    (:func:`components.models.collate.make_image_loader`)."""
-    import numpy as np
-    import torch
+def decode_pil(data: str, row: int = 0) -> Any:
+    """Base64 PNG/JPEG -> an RGB PIL image (a whole HF VLM's processor takes it from there)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         raw = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(raw)) as opened:
-            img = opened.convert("L" if channels == 1 else "RGB")
+            return opened.convert("RGB")
     except (ValueError, UnidentifiedImageError, OSError) as e:
         raise PredictionInputError(f"row {row}: column 'image' is not a base64 PNG/JPEG image ({e})") from None
+
+
+def decode_image(data: str, image_size: int, channels: int, row: int = 0) -> Any:
+    """Base64 image -> the tiny encoder's input (C, S, S), ``(x/255 - 0.5)/0.5`` as in training
+    (:func:`components.models.collate.make_image_loader`)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    img = decode_pil(data, row)
+    img = img.convert("L") if channels == 1 else img
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()) / 255.0
@@ -94,7 +102,7 @@ def decode_image(data: str, image_size: int, channels: int, row: int = 0) -> Any
 class VLMPredictor:
     """A loaded model folder: ``predict(rows)`` -> one ``{"answer", "image"}`` per row."""
 
-    model: Any  # components.models.vlm.MedVLM with its two plugins
+    model: Any  # a MedVLM or HFVLM (components.models.backend) with its two plugins
     vq: Any  # components.models.vq.VQTokenizer
 
     @classmethod
@@ -124,7 +132,10 @@ class VLMPredictor:
             if row["task"] not in TASKS:
                 raise PredictionInputError(f"row {i}: task {row['task']!r} is not one of {list(TASKS)}")
             key = f"row{i}"
-            images[key] = decode_image(row["image"], model.image_size, model.channels, i)
+            if model.input_kind == "pil":
+                images[key] = decode_pil(row["image"], i)
+            else:
+                images[key] = decode_image(row["image"], model.image_size, model.channels, i)
             question = row["question"].replace(IMAGE_TOKEN, " ").strip()
             records.append({"task": row["task"], "image": key, "conversations": [
                 {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}]})  # fmt: skip
@@ -136,7 +147,7 @@ class VLMPredictor:
             use_plugin(model, "comprehension")
             answers = answer_questions(
                 model, model.tokenizer, [records[i] for i in asks], load, max_new_tokens=max_new_tokens,
-                max_length=model.args.max_positions,
+                max_length=model.max_length,
             )  # fmt: skip
             for i, text in zip(asks, answers, strict=True):
                 out[i]["answer"] = text
@@ -144,7 +155,7 @@ class VLMPredictor:
             use_plugin(model, "generation")
             codes = generate_image_codes(
                 model, model.tokenizer, [records[i] for i in draws], load, num_codes=int(self.vq.num_codes_per_image),
-                max_length=model.args.max_positions,
+                max_length=model.max_length,
             )  # fmt: skip
             with torch.no_grad():
                 pixels = self.vq.decode(codes)

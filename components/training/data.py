@@ -125,6 +125,14 @@ class ImageStore:
         self._load = make_image_loader(self.root, image_size, channels)
         self._vision: dict[str, Tensor] = {}
         self._pixels: dict[str, Tensor] = {}
+        self._images: dict[str, Image.Image] = {}
+
+    def image(self, path: str) -> Image.Image:
+        """The file as an RGB PIL image, unresized (a whole HF VLM's processor does size and normalisation)."""
+        if path not in self._images:
+            with Image.open(self.root / path) as raw:
+                self._images[path] = raw.convert("RGB")
+        return self._images[path]
 
     def vision(self, path: str) -> Tensor:
         if path not in self._vision:

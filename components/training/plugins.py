@@ -39,6 +39,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from components.data.records import TASKS
+from components.models.backend import load_vlm
 from components.models.tokenizer import add_image_code_tokens, load_tokenizer, save_tokenizer
 from components.models.vlm import MedVLM
 from components.training.stages import parameter_groups
@@ -109,13 +110,25 @@ def attach_plugins(model: MedVLM, adapter: AdapterArgs) -> MedVLM:
 
 
 def prepare_model(base_dir: str | Path, *, codebook_size: int, adapter: AdapterArgs) -> MedVLM:
-    """Load the base, add the image-code tokens (rows at the mean), attach the two plugins."""
-    model = MedVLM.load(base_dir)
+    """Load the base, add the image-code tokens (rows at the mean), attach the two plugins.
+
+    A base with ``plugins/<task>/`` (``medtune import healthgpt`` writes them) starts that plugin from those weights;
+    its rank, experts, alpha and targets then come from the plugin, and an ``adapter`` that contradicts them is a
+    ValueError naming the config key (``adapter.rank`` ...)."""
+    from components.models.healthgpt import adapter_for_base_plugins, base_plugins, load_base_plugins
+
+    imported = base_plugins(base_dir)
+    if imported:
+        adapter = adapter_for_base_plugins(adapter, imported)
+    model = load_vlm(base_dir)
     if model.tokenizer is None:
         raise ValueError(f"{base_dir} holds no tokenizer: a base for the stages must be saved with its tokenizer")
+    first_new = len(model.tokenizer)  # rows past the tokenizer are padding (Qwen2.5, Phi-3): new tokens take them
     add_image_code_tokens(model.tokenizer, codebook_size)
-    model.resize_token_embeddings_mean(len(model.tokenizer))
-    return attach_plugins(model, adapter)
+    model.resize_token_embeddings_mean(len(model.tokenizer), first_new=first_new)
+    model = attach_plugins(model, adapter)
+    load_base_plugins(model.lm, imported)
+    return model
 
 
 def trained_tensor_names(model: MedVLM) -> list[str]:
@@ -181,14 +194,14 @@ def load_trained(folder: str | Path) -> MedVLM:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{meta_file}: expected {FORMAT} v{VERSION}, got {meta.get('format')} v{meta.get('version')}")
-    model = MedVLM.load(root / "base")
+    model = load_vlm(root / "base")
     model.tokenizer = load_tokenizer(root / "tokenizer")
     model.resize_token_embeddings_mean(len(model.tokenizer))
     first, *others = TASKS
     peft_lm = PeftModel.from_pretrained(model.lm, str(adapter_folder(root, first)), adapter_name=first)
     for task in others:
         peft_lm.load_adapter(str(adapter_folder(root, task)), adapter_name=task)
-    model.lm = peft_lm  # type: ignore[assignment]  # as in attach_plugins
+    model.lm = peft_lm  # as in attach_plugins
     tensors = load_file(str(root / "trained.safetensors"))
     params = {_strip(n): p for n, p in model.named_parameters()}
     missing = sorted(set(tensors) - set(params))

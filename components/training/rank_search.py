@@ -50,8 +50,7 @@ import torch
 
 from components.adapters import apply_adapter
 from components.adapters.elalora import RankAllocator, rank_pattern
-from components.models.collate import VLMCollator
-from components.models.vlm import MedVLM
+from components.models.backend import image_loader, load_vlm, store_size
 from components.training.data import EpochSampler, ImageStore, dataset_fingerprint, read_records, select
 from components.training.distributed import resolve_device
 from components.training.trainer import cosine_schedule, label_count, token_loss_sum
@@ -140,11 +139,11 @@ def search_ranks(
     began = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        model = MedVLM.load(base_dir)
+        model = load_vlm(base_dir)
         if model.tokenizer is None:
             raise ValueError(f"{base_dir} holds no tokenizer: the rank search needs a base saved with its tokenizer")
         model.requires_grad_(False)
-        model.lm = apply_adapter(  # type: ignore[assignment]  # MedVLM types lm as the bare LM; peft forwards it
+        model.lm = apply_adapter(  # peft forwards the LM API
             model.lm, "elalora", adapter_name=ADAPTER_NAME, rank=args.rank, dropout=0.0,
             target_modules=args.target_modules, r_max=args.r_max, total_step=args.steps, t_init=args.t_init,
             t_final=args.t_final, delta_t=args.delta_t, b0=args.b0, k=args.k, grace=args.grace, beta1=args.beta1,
@@ -155,10 +154,8 @@ def search_ranks(
     records = select(read_records(dataset_dir), split="train", task="comprehension")
     if not records:
         raise ValueError(f"{dataset_dir}: no train-split comprehension records to search ranks on")
-    store = ImageStore(dataset_dir, model.image_size, model.channels)
-    collate = VLMCollator(
-        model.tokenizer, model.num_image_tokens, store.vision, max_length=model.lm.config.max_position_embeddings
-    )
+    store = ImageStore(dataset_dir, *store_size(model, 64, 1))
+    collate = model.collator(image_loader(model, store), max_length=model.lm.config.max_position_embeddings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     warmup = max(1, args.steps // 20)

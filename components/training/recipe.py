@@ -49,7 +49,7 @@ from safetensors.torch import load_file
 from components.adapters.flix.features import feature_vocabulary
 from components.data.records import TASKS
 from components.evaluation.report import EvalResult, evaluate_model, write_predictions
-from components.models.collate import VLMCollator
+from components.models.backend import image_loader, store_size
 from components.models.vlm import MedVLM, VLMArgs
 from components.models.vq import VQConfig, VQTokenizer, load_dataset_images, train_vq
 from components.training.base import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_VISION_WARMUP, bootstrap_base
@@ -242,11 +242,12 @@ def train_recipe(
     model.to(env.device)
     assert model.tokenizer is not None
     pools = record_pools(records, split="train")
-    store = ImageStore(dataset, model.image_size, model.channels)
+    store = ImageStore(dataset, *store_size(model, vq.config.image_size, vq.config.channels))
     codes = encode_targets(vq, store, [*pools["generation"], *pools["reconstruction"]])
-    collate = VLMCollator(
-        model.tokenizer, model.num_image_tokens, store.vision, target_codes=target_codes_from(codes),
-        max_length=model_args.max_positions, with_features=adapter_kind == "flix",
+    collate = model.collator(
+        image_loader(model, store), target_codes=target_codes_from(codes),
+        max_length=model_args.max_positions if model.input_kind == "tensor" else None,
+        with_features=adapter_kind == "flix",
     )  # fmt: skip
     groups = parameter_groups(model)
     save_names = sorted(

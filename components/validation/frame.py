@@ -11,7 +11,10 @@ Conventions the suite relies on:
 - a derived check column holds ``True``/``False``, or ``None`` where the check does not apply because a
   prerequisite already failed (no image file -> no decode check); GE skips nulls in column-map expectations,
   so one broken thing is reported once;
-- every ``*_detail`` column says *why* a row failed, in words that never repeat PHI.
+- every ``*_detail`` column says *why* a row failed, in words that never repeat PHI;
+- a record has zero, one or several input images (issue 16): the image columns hold one value for all of a
+  row's images (``image_exists`` is True when every file exists ...), the detail names each failing one
+  (``image[1] images/ab/...png: file not found`` in a list), and a text-only row leaves them null.
 
 Use it on its own to look at a dataset::
 
@@ -34,7 +37,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from components.data.phi import find_phi
-from components.data.records import GENERATION_KINDS, IMAGE_TOKEN, SPLITS, Record
+from components.data.records import GENERATION_KINDS, IMAGE_TOKEN, SPLITS, Record, record_images
 
 #: Record fields copied into the frame as text (non-string values are JSON-encoded; the schema check flags them).
 TEXT_FIELDS = (
@@ -63,8 +66,10 @@ class ImageProbe:
         self._cache: dict[str, ImageCheck] = {}
 
     def check(self, rel: object) -> ImageCheck:
-        if not isinstance(rel, str) or not rel.strip():
+        if not isinstance(rel, str):
             return ImageCheck(None, None, None, "no image path")
+        if not rel.strip():
+            return ImageCheck(False, None, None, f"{rel!r}: empty image path")
         if rel not in self._cache:
             self._cache[rel] = self._probe(rel)
         return self._cache[rel]
@@ -114,17 +119,100 @@ def _turns(obj: dict[str, Any]) -> list[tuple[str, str]] | None:
     return [(str(t.get("from")), t["value"]) for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)]
 
 
-def _token_check(turns: list[tuple[str, str]] | None) -> tuple[bool | None, str]:
-    if not turns:
+def _images_of(obj: dict[str, Any]) -> list[str] | None:
+    """The record's image paths ([] for a text-only record), or None when ``image`` has no valid shape (the
+    schema check reports that; the image checks then do not apply)."""
+    try:
+        return record_images(obj)
+    except TypeError:
+        return None
+
+
+def _token_check(turns: list[tuple[str, str]] | None, obj: dict[str, Any]) -> tuple[bool | None, str]:
+    """One ``<image>`` per image in the human turns, none in gpt turns; one image: the first human turn starts
+    with ``<image>\\n`` (the rule before issue 16)."""
+    images = _images_of(obj)
+    if not turns or images is None:
         return None, ""
     speaker, first = turns[0]
     if speaker != "human":
         return False, f"first turn is from {speaker!r}, not 'human'"
-    if not first.startswith(IMAGE_TOKEN + "\n"):
-        return False, f"first human turn does not start with {IMAGE_TOKEN!r} and a newline"
-    count = sum(value.count(IMAGE_TOKEN) for _, value in turns)
-    if count != 1:
-        return False, f"{IMAGE_TOKEN!r} appears {count} times in the conversation (expected once)"
+    for i, (speaker, value) in enumerate(turns):
+        if speaker != "human" and IMAGE_TOKEN in value:
+            return False, f"turn {i} ({speaker}) holds {IMAGE_TOKEN!r}; only human turns mark images"
+    count = sum(value.count(IMAGE_TOKEN) for speaker, value in turns if speaker == "human")
+    if isinstance(obj.get("image"), str):
+        if not first.startswith(IMAGE_TOKEN + "\n"):
+            return False, f"first human turn does not start with {IMAGE_TOKEN!r} and a newline"
+        if count != 1:
+            return False, f"{IMAGE_TOKEN!r} appears {count} times in the conversation (expected once)"
+    elif count != len(images):
+        what = f"{len(images)} images in field image" if images else "no image (a text-only record)"
+        return False, f"{IMAGE_TOKEN!r} appears {count} times in the human turns for {what}"
+    return True, ""
+
+
+def _shape_check(obj: dict[str, Any]) -> tuple[bool | None, str]:
+    """``image_sha256`` has the shape of ``image``: a string for one image, a list of the same length for
+    several, nothing for none."""
+    image, sha = obj.get("image"), obj.get("image_sha256")
+    images = _images_of(obj)
+    if images is None:
+        return None, ""
+    if image is None or image == []:
+        return (True, "") if sha is None else (False, "a record without an image carries image_sha256")
+    if isinstance(image, str):
+        return (True, "") if isinstance(sha, str) else (False, f"one image but image_sha256 is {_shape(sha)}")
+    if isinstance(sha, list) and len(sha) == len(images):
+        return True, ""
+    return False, f"{len(images)} images in field image but image_sha256 is {_shape(sha)}"
+
+
+def _shape(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _image_columns(obj: dict[str, Any], probe: ImageProbe, shape_ok: bool | None) -> dict[str, Any]:
+    """``image_exists``/``image_decodes``/``image_hash_matches`` over all of the row's images (null for a
+    text-only row, and where a prerequisite failed), and ``image_detail`` naming each failing image."""
+    images = _images_of(obj)
+    if not images:
+        return {"image_exists": None, "image_decodes": None, "image_hash_matches": None, "image_detail": ""}
+    several = isinstance(obj.get("image"), list)
+    found = [probe.check(rel) for rel in images]
+
+    def named(i: int, text: str) -> str:
+        return f"image[{i}] {text}" if several else text
+
+    if not all(f.exists for f in found):
+        missing = [named(i, f.detail) for i, f in enumerate(found) if not f.exists]
+        return {"image_exists": False, "image_decodes": None, "image_hash_matches": None,
+                "image_detail": "; ".join(missing)}  # fmt: skip
+    problems = [named(i, f.detail) for i, f in enumerate(found) if not f.decodes]
+    hash_ok: bool | None = None
+    if shape_ok:
+        recorded = obj.get("image_sha256")
+        wanted = [recorded] if isinstance(recorded, str) else list(recorded or [])
+        bad = [(i, f.sha256 or "", want) for i, (f, want) in enumerate(zip(found, wanted, strict=True))
+               if f.sha256 != want]  # fmt: skip
+        hash_ok = not bad
+        problems += [named(i, f"{images[i]}: sha256 {got[:12]}... != recorded {(_text(want) or 'none')[:12]}...")
+                     for i, got, want in bad]  # fmt: skip
+    return {"image_exists": True, "image_decodes": all(f.decodes for f in found), "image_hash_matches": hash_ok,
+            "image_detail": "; ".join(problems)}  # fmt: skip
+
+
+def _generation_input_check(obj: dict[str, Any]) -> tuple[bool | None, str]:
+    """A generation record has an input image, unless it is ``text_to_image`` (text in, image out)."""
+    task, kind, images = obj.get("task"), obj.get("kind"), _images_of(obj)
+    if (task is None and kind is None) or images is None:
+        return None, ""
+    if (task == "generation" or kind in GENERATION_KINDS) and kind != "text_to_image" and not images:
+        return False, f"generation record of kind {kind!r} has no input image"
     return True, ""
 
 
@@ -176,19 +264,13 @@ def _row(line_no: int, line: str, probe: ImageProbe) -> dict[str, Any]:
     turns = _turns(obj)
     row["question"] = turns[0][1].replace(IMAGE_TOKEN, "").strip() if turns else ""
     row["answer"] = turns[1][1].strip() if turns and len(turns) > 1 else ""
-    row["image_token_ok"], row["image_token_detail"] = _token_check(turns)
+    row["image_token_ok"], row["image_token_detail"] = _token_check(turns, obj)
     task, kind = obj.get("task"), obj.get("kind")
     if isinstance(task, str) and isinstance(kind, str):
         row["task_kind_ok"] = (task == "generation") == (kind in GENERATION_KINDS)
-    image = probe.check(obj.get("image"))
-    row["image_exists"] = image.exists
-    row["image_decodes"] = image.decodes
-    recorded = obj.get("image_sha256")
-    row["image_hash_matches"] = image.sha256 == recorded if image.decodes is not None else None
-    if row["image_hash_matches"] is False:
-        got, want = image.sha256 or "", _text(recorded) or "none"
-        image = ImageCheck(True, image.decodes, got, f"{obj['image']}: sha256 {got[:12]}... != recorded {want[:12]}...")
-    row["image_detail"] = image.detail
+    row["generation_input_ok"], row["generation_input_detail"] = _generation_input_check(obj)
+    row["image_sha256_shape_ok"], row["image_sha256_shape_detail"] = _shape_check(obj)
+    row |= _image_columns(obj, probe, row["image_sha256_shape_ok"])
     row["target_ok"], row["target_detail"] = _target_check(obj, probe)
     row["phi_found"] = _phi_scan(obj, turns)
     return row
@@ -197,7 +279,8 @@ def _row(line_no: int, line: str, probe: ImageProbe) -> dict[str, Any]:
 #: Column order of the frame (every column exists even when no row sets it).
 COLUMNS = (
     ["row", "json_ok", "json_detail", *TEXT_FIELDS, "schema_errors", "question", "answer", "image_token_ok",
-     "image_token_detail", "task_kind_ok", "image_exists", "image_decodes", "image_hash_matches", "image_detail",
+     "image_token_detail", "task_kind_ok", "generation_input_ok", "generation_input_detail", "image_sha256_shape_ok",
+     "image_sha256_shape_detail", "image_exists", "image_decodes", "image_hash_matches", "image_detail",
      "target_ok", "target_detail", "phi_found", "group_split_count", "group_detail"]
     + [f"is_{split}" for split in SPLITS]
 )  # fmt: skip

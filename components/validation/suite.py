@@ -4,8 +4,10 @@ Each :class:`Check` is one Great Expectations 1.x expectation over the frame tha
 :func:`components.validation.frame.load_records_frame` builds, plus what medtune needs to report it: a short
 key, a sentence a person understands, and which ``*_detail`` column explains a failing row. The checks cover:
 parseable lines, schema and types, allowed values, unique ids, images that exist, decode and match their
-recorded hash, non-empty question and answer, ``<image>`` token placement, split ratios within tolerance,
-zero group leakage, no PHI pattern, generation records with a target image, and a minimum row count.
+recorded hash (every image of a row: a record has zero, one or several, issue 16), ``image_sha256`` in the
+shape of ``image``, non-empty question and answer, ``<image>`` token count and placement, split ratios within
+tolerance, zero group leakage, no PHI pattern, generation records with an input image (unless text_to_image)
+and a target image, and a minimum row count.
 
 Split ratios are column means of 0/1 split indicators (``is_train`` ...), so the expectation's observed value
 *is* the fraction of records in that split.
@@ -32,7 +34,8 @@ SUITE_NAME = "vlhealth_records"
 #: The key under an expectation's ``meta`` that names its :class:`Check`.
 META_KEY = "medtune_check"
 ID_REGEX = r"^[^/\s]+/\S+$"
-SHA256_REGEX = r"^[0-9a-f]{64}$"
+#: One hash, or the JSON text of a list of two or more (how the frame writes a list); a null one is not checked.
+SHA256_REGEX = r'^(?:[0-9a-f]{64}|\["[0-9a-f]{64}"(?:, "[0-9a-f]{64}")+\])$'
 
 
 @dataclass(frozen=True)
@@ -97,19 +100,27 @@ def build_checks(*, split_ratios: tuple[float, float, float], split_tolerance: f
         _in_set("split", "split", list(SPLITS), f"split is one of {', '.join(SPLITS)}"),
         _in_set("task_kind", "task_kind_ok", [True], "generation kinds have task 'generation', the others "
                 "'comprehension'"),
-        Check("image_sha256_format", "image_sha256 is 64 lower-case hex digits", "ExpectColumnValuesToMatchRegex",
-              {"column": "image_sha256", "regex": SHA256_REGEX}),
-        _in_set("image_exists", "image_exists", [True], "the image file exists inside the dataset", "image_detail"),
-        _in_set("image_decodes", "image_decodes", [True], "the image file decodes (Pillow)", "image_detail"),
-        _in_set("image_hash", "image_hash_matches", [True], "the image file's sha256 equals image_sha256",
+        _in_set("generation_input", "generation_input_ok", [True],
+                "generation records have at least one input image (text_to_image may have none)",
+                "generation_input_detail"),
+        _in_set("image_sha256_shape", "image_sha256_shape_ok", [True],
+                "image_sha256 has the shape of image: one hash for one image, a list of the same length for "
+                "several, none for a text-only record", "image_sha256_shape_detail"),
+        Check("image_sha256_format", "image_sha256 is 64 lower-case hex digits (a list of them for several images)",
+              "ExpectColumnValuesToMatchRegex", {"column": "image_sha256", "regex": SHA256_REGEX}),
+        _in_set("image_exists", "image_exists", [True], "every image file of the record exists inside the dataset",
+                "image_detail"),
+        _in_set("image_decodes", "image_decodes", [True], "every image file of the record decodes (Pillow)",
+                "image_detail"),
+        _in_set("image_hash", "image_hash_matches", [True], "each image file's sha256 equals its image_sha256 entry",
                 "image_detail"),
         Check("question_nonempty", "the question is not empty", "ExpectColumnValueLengthsToBeBetween",
               {"column": "question", "min_value": 1}),
         Check("answer_nonempty", "the answer is not empty", "ExpectColumnValueLengthsToBeBetween",
               {"column": "answer", "min_value": 1}),
         _in_set("image_token", "image_token_ok", [True],
-                "the first human turn starts with '<image>\\n' and the token appears exactly once",
-                "image_token_detail"),
+                "the human turns hold one '<image>' per image, the n-th marking the n-th image (one image: the first "
+                "human turn starts with '<image>\\n'; no image: none); gpt turns hold none", "image_token_detail"),
         *_split_ratio_checks(split_ratios, split_tolerance),
         _in_set("group_leakage", "group_split_count", [1], "no group (patient or source image) is in two splits",
                 "group_detail"),

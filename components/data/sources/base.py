@@ -46,15 +46,21 @@ class SourceImage:
 
 @dataclass
 class SourceSample:
-    """One question/answer (or generation pair) about one image, before building."""
+    """One question/answer (or generation pair) about zero, one or several images, before building.
+
+    ``image`` is one :class:`SourceImage` (the question's ``<image>`` tokens, if any, are dropped and the builder
+    puts one in front: the LLaVA single-image layout), a list of them (the question holds exactly one
+    ``<image>`` per image, in image order, where each goes; a list of one is stored as a single image, its token
+    moved to the front), or None for a text-only sample (no ``<image>`` in the question; modality ``other``).
+    """
 
     uid: str  # unique and stable within the source; becomes the record id '<source>/<uid>'
-    image: SourceImage
+    image: SourceImage | list[SourceImage] | None
     modality: str
     body_part: str
     task: str
     kind: str
-    question: str  # without the '<image>' token: the builder adds it
+    question: str  # one image: without the '<image>' token (the builder adds it); a list: one token per image
     answer: str  # text answer (comprehension) or a short description of the target (generation)
     group: str  # patient or source-image id, already pseudonymised where it came from PHI
     license: str
@@ -62,6 +68,13 @@ class SourceSample:
     split: str | None = None  # an official split the source publishes, used when the config keeps it
     features: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images(self) -> list[SourceImage]:
+        """The input images in order: [] for a text-only sample."""
+        if self.image is None:
+            return []
+        return [self.image] if isinstance(self.image, SourceImage) else list(self.image)
 
 
 @dataclass(frozen=True)

@@ -2,27 +2,41 @@
 
 Format read: a JSON list (or JSON lines, one object per line, when the file ends in ``.jsonl``) of::
 
-    {"id": "...", "image": "rel/path.jpg" | ["rel/path.jpg"],
+    {"id": "...", "image": "rel/path.jpg" | ["rel/a.jpg", "rel/b.jpg", ...] | absent,
      "conversations": [{"from": "human", "value": "<image>\\nWhat is shown?"},
                        {"from": "gpt", "value": "A chest CT."}, ...],
      "modality": "Computed Tomography", "body_part": "Chest"}          # optional per-record fields
 
-Each human/gpt pair becomes one sample (uid ``<id>-<pair index>``); the ``<image>`` token is taken out of the
-question (the builder puts it back in front). ``modality``/``body_part`` come from the record when present
-(mapped onto the allowed modalities: "Computed Tomography" -> CT, "X-Ray" -> X-ray ...; unknown -> other), else
-from the config. ``group`` is the image path, unless the record carries one of ``group_fields`` (a patient or
-study id): then its keyed pseudonym (:func:`components.data.deid.pseudonym`, the same ``pt-...`` a DICOM
-source gives that patient id), never the raw id.
+``image`` as the LLaVA family publishes it: one path (LLaVA-1.5, LLaVA-Med), a list of paths (LLaVA-NeXT /
+OneVision multi-image data; a list of one is one image), or no ``image`` key at all (null or ``[]`` alike) for a
+text-only conversation (LLaVA-1.5's mix holds ShareGPT text; issue 16). The ``<image>`` tokens in the human turns
+mark where the images go, in order:
+
+- one image: zero or one token (LLaVA's convention: none means the image comes first); the token is taken out of
+  the question and the builder puts it back in front, as LLaVA's own preprocessing does;
+- several images: exactly one token per image, anywhere in the human turns; they stay where they are;
+- no image: no token; the sample's modality is ``other``.
+
+Each human/gpt pair becomes one sample (uid ``<id>-<pair index>``). With one image every pair carries it; with
+several, a pair carries the images shown up to and including its own turn (the tokens of earlier turns are put in
+front of its question, in order), so a pair before the first token is text-only. ``modality``/``body_part`` come
+from the record when present (mapped onto the allowed modalities: "Computed Tomography" -> CT, "X-Ray" -> X-ray
+...; unknown -> other), else from the config. ``group`` is the (first) image path, or the record id for a
+text-only record, unless the record carries one of ``group_fields`` (a patient or study id): then its keyed
+pseudonym (:func:`components.data.deid.pseudonym`, the same ``pt-...`` a DICOM source gives that patient id),
+never the raw id.
 
 ``record_kind`` sets the record kind: ``vqa_open`` by default (free-text answers are what these files hold);
 ``caption`` for captioning/alignment data; ``auto`` makes a pair whose answer is yes/no ``vqa_closed`` and the rest
-``vqa_open``. A record with several images is quarantined (a VL-Health record has one image).
+``vqa_open``.
 
 Bad input: unparsable JSON -> DataError naming file, line and column; no records -> DataError; a record missing
-``id``/``image``/``conversations``, a missing image, a path that escapes the image folder (``..``, absolute, a
-symlink out), a turn out of human/gpt order, or a repeated ``id`` (the first one wins) -> Quarantined naming the
-file, record index and id. A path escape is quarantined (not raised) so the build's ``on_error`` policy decides;
-with ``on_error: fail`` it stops the build.
+``id``/``conversations``, an ``image`` that is neither a path, a list of paths nor absent, a missing image (each
+path of a list is checked, the message names ``image[i]``), a path that escapes the image folder (``..``,
+absolute, a symlink out), a token count that does not fit the images, ``<image>`` in a gpt turn, a turn out of
+human/gpt order, or a repeated ``id`` (the first one wins) -> Quarantined naming the file, record index, id and
+field. A path escape is quarantined (not raised) so the build's ``on_error`` policy decides; with
+``on_error: fail`` it stops the build.
 
 Configure (paths relative to the workspace root, or absolute)::
 
@@ -41,6 +55,7 @@ This module also holds the small manifest helpers the other JSON readers share (
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,6 +108,17 @@ def _strip_image_token(text: str) -> str:
     return text.replace(IMAGE_TOKEN, "").strip()
 
 
+def _image_paths(value: Any) -> list[str] | None:
+    """The record's image paths ([] for none), or None when ``image`` has a shape LLaVA files never use."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else None
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return list(value)
+    return None
+
+
 @register_source("llava_json", LlavaJsonSourceConfig)
 def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[SourceSample | Quarantined]:
     """Yield one sample per human/gpt pair of every record (see the module docstring)."""
@@ -111,7 +137,7 @@ def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[
         rid = str(row.get("id", "")) if isinstance(row, dict) else ""
         where = f"{manifest.name} record {index}" + (f" (id {rid})" if rid else "")
         key = f"{manifest.name}#{index}"
-        absent = missing_fields(row, ("id", "image", "conversations"))
+        absent = missing_fields(row, ("id", "conversations"))
         if absent:
             yield Quarantined(key, f"{where}: missing required field(s) {', '.join(absent)}")
             continue
@@ -119,47 +145,48 @@ def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[
             yield Quarantined(key, f"{where}: duplicate id {rid!r} (the first record with it is kept)")
             continue
         seen.add(rid)
-        image = row["image"]
-        if isinstance(image, list):
-            if len(image) != 1:
-                yield Quarantined(key, f"{where}: {len(image)} images; a record carries exactly one")
-                continue
-            image = image[0]
-        if not isinstance(image, str):
-            yield Quarantined(key, f"{where}: field 'image' must be a path string")
+        paths = _image_paths(row.get("image"))
+        if paths is None:
+            yield Quarantined(key, f"{where}: field 'image' must be a path, a list of paths, or absent (text-only)")
             continue
-        try:
-            image_path = safe_path(folder, image, what=where)
-        except DataError as exc:
-            yield Quarantined(key, f"refused: {exc}")
-            continue
-        if not image_path.is_file():
-            yield Quarantined(key, f"{where}: image {image!r} not found in {folder}")
+        images, problem = _resolve_images(folder, paths, where)
+        if problem:
+            yield Quarantined(key, problem)
             continue
         turns = row["conversations"]
         if not isinstance(turns, list) or not turns:
             yield Quarantined(key, f"{where}: 'conversations' must be a non-empty list of turns")
             continue
         pairs, problem = _pairs(turns)
+        if not problem:
+            problem = _token_problem(pairs, len(images))
         if problem:
             yield Quarantined(key, f"{where}: {problem}")
             continue
         modality = normalise_modality(row["modality"]) if row.get("modality") else default_modality
         body_part = str(row.get("body_part") or cfg.body_part).strip().lower() or "unknown"
-        group = image
+        group = paths[0] if paths else f"text/{rid}"
         for name in cfg.group_fields:
             if row.get(name) not in (None, ""):
                 group = pseudonym(ctx.deid_key, str(row[name]))
                 break
-        features = comprehension_features(modality, body_part, cfg.site)
+        shown = 0  # images whose token lies in an earlier human turn (several images)
         for turn_index, (question, answer) in enumerate(pairs):
             kind = cfg.record_kind
             if kind == "auto":
                 kind = "vqa_closed" if answer.strip().lower() in _YES_NO else "vqa_open"
+            image: SourceImage | list[SourceImage] | None
+            if len(images) <= 1:
+                image, question = (images[0] if images else None), _strip_image_token(question)
+            else:
+                own = question.count(IMAGE_TOKEN)
+                image = images[: shown + own] or None
+                question, shown = f"{IMAGE_TOKEN}\n" * shown + question, shown + own
+            sample_modality = modality if image is not None else "other"
             yield SourceSample(
                 uid=f"{rid}-{turn_index}",
-                image=SourceImage(key=image, path=image_path),
-                modality=modality,
+                image=image,
+                modality=sample_modality,
                 body_part=body_part,
                 task="comprehension",
                 kind=kind,
@@ -167,13 +194,42 @@ def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[
                 answer=answer,
                 group=group,
                 license=cfg.license,
-                features=dict(features),
+                features=comprehension_features(sample_modality, body_part, cfg.site),
                 meta={"record_id": rid, "turn": turn_index},
             )
 
 
+def _resolve_images(folder: Path, paths: list[str], where: str) -> tuple[list[SourceImage], str | None]:
+    """The record's images as SourceImages, or the reason the first bad one is refused (naming ``image[i]``)."""
+    out = []
+    for i, rel in enumerate(paths):
+        field = "image" if len(paths) == 1 else f"image[{i}]"
+        try:
+            path = safe_path(folder, rel, what=where if len(paths) == 1 else f"{where} field {field}")
+        except DataError as exc:
+            return [], f"refused: {exc}"
+        if not path.is_file():
+            named = f"image {rel!r}" if len(paths) == 1 else f"field {field}: image {rel!r}"
+            return [], f"{where}: {named} not found in {folder}"
+        out.append(SourceImage(key=rel, path=path))
+    return out, None
+
+
+def _token_problem(pairs: list[tuple[str, str]], images: int) -> str | None:
+    """Why the ``<image>`` tokens of the human turns do not fit ``images`` images (module docstring), or None."""
+    count = sum(question.count(IMAGE_TOKEN) for question, _ in pairs)
+    if images == 0 and count:
+        return f"{count} '{IMAGE_TOKEN}' token(s) in the human turns but no field 'image' (a text-only record)"
+    if images == 1 and count > 1:
+        return f"{count} '{IMAGE_TOKEN}' tokens in the human turns for the 1 image in field 'image'"
+    if images > 1 and count != images:
+        return f"{count} '{IMAGE_TOKEN}' token(s) in the human turns for the {images} images in field 'image'"
+    return None
+
+
 def _pairs(turns: list[Any]) -> tuple[list[tuple[str, str]], str | None]:
-    """Split turns into (question, answer) pairs; the second value names the first problem found."""
+    """Split turns into (question, answer) pairs, questions with their ``<image>`` tokens; the second value
+    names the first problem found."""
     pairs: list[tuple[str, str]] = []
     if len(turns) % 2:
         return [], f"{len(turns)} turns; expected human/gpt pairs"
@@ -183,9 +239,11 @@ def _pairs(turns: list[Any]) -> tuple[list[tuple[str, str]], str | None]:
             return [], f"turn {i} is not an object with 'from' and 'value'"
         if _SPEAKER.get(str(human.get("from"))) != "human" or _SPEAKER.get(str(gpt.get("from"))) != "gpt":
             return [], f"turns {i}-{i + 1} are not a human turn followed by a gpt turn"
-        question = _strip_image_token(str(human.get("value") or ""))
+        question = str(human.get("value") or "").strip()
         answer = str(gpt.get("value") or "").strip()
-        if not question or not answer:
+        if not _strip_image_token(question) or not answer:
             return [], f"turns {i}-{i + 1}: empty question or answer"
+        if IMAGE_TOKEN in answer:
+            return [], f"turn {i + 1} (gpt) holds '{IMAGE_TOKEN}'; only human turns mark images"
         pairs.append((question, answer))
     return pairs, None

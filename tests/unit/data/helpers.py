@@ -134,10 +134,11 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def sample(uid: str, pixels: np.ndarray | None = None, *, path: Path | None = None, **kw: Any) -> SourceSample:
-    """A comprehension sample for the test source (override any field with a keyword)."""
+    """A comprehension sample for the test source (override any field with a keyword; ``image=`` a list of
+    SourceImages or None gives a multi-image or text-only sample)."""
     from components.data.sources.base import SourceImage
 
-    image = SourceImage(key=kw.pop("key", uid), pixels=pixels, path=path)
+    image = kw.pop("image") if "image" in kw else SourceImage(key=kw.pop("key", uid), pixels=pixels, path=path)
     fields: dict[str, Any] = {
         "uid": uid,
         "image": image,

@@ -39,6 +39,7 @@ def test_records_follow_the_contract(built: tuple[Path, dict]) -> None:
     split_of: dict[str, set[str]] = {}
     for r in records:
         assert r.question.startswith("<image>\n") and r.question.count("<image>") == 1 and r.answer
+        assert isinstance(r.image, str) and isinstance(r.image_sha256, str)  # one image: strings, as before issue 16
         assert hashlib.sha256((out / r.image).read_bytes()).hexdigest() == r.image_sha256
         if r.task == "generation":
             assert r.target_image and (out / r.target_image).is_file()

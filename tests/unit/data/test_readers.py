@@ -409,6 +409,64 @@ def test_llava_json_splits_multi_turn_records_into_pairs(tmp_path: Path) -> None
     assert [s.kind for s in auto] == ["vqa_open", "vqa_closed", "vqa_open"]
 
 
+def test_llava_json_multi_image_and_text_only_records(tmp_path: Path) -> None:
+    llava_file(
+        tmp_path,
+        [
+            {"id": "m", "image": ["images/a.jpg", "images/b.jpg"], "modality": "CT",
+             "conversations": conv("Hello.", "Hi.", "Compare <image> with the prior.", "Larger.",
+                                   "And now <image>?", "Smaller.", "Both?", "Stable.")},
+            {"id": "t", "modality": "CT", "conversations": conv("What does CT stand for?", "Computed tomography.")},
+            {"id": "n", "image": None, "conversations": conv("Define MRI.", "Magnetic resonance imaging.")},
+        ],
+    )  # fmt: skip
+    samples, quarantined = read("llava_json", tmp_path, path="med/data.json", license="x")
+    assert quarantined == []
+    keys = {s.uid: [i.key for i in s.images] for s in samples}
+    assert keys == {"m-0": [], "m-1": ["images/a.jpg"], "m-2": ["images/a.jpg", "images/b.jpg"],
+                    "m-3": ["images/a.jpg", "images/b.jpg"], "t-0": [], "n-0": []}  # fmt: skip
+    by_uid = {s.uid: s for s in samples}
+    # a pair carries the images shown so far: earlier turns' tokens go in front, its own stay in place
+    assert by_uid["m-1"].question == "Compare <image> with the prior."
+    assert by_uid["m-2"].question == "<image>\nAnd now <image>?"
+    assert by_uid["m-3"].question == "<image>\n<image>\nBoth?"
+    assert by_uid["m-0"].image is None and by_uid["m-0"].modality == "other"
+    assert by_uid["m-2"].modality == "CT" and by_uid["m-2"].group == "images/a.jpg"
+    # text-only records: no image, modality 'other' whatever the record says, grouped by record id
+    assert (by_uid["t-0"].image, by_uid["t-0"].modality, by_uid["t-0"].group) == (None, "other", "text/t")
+    assert by_uid["t-0"].features["modality"] == "other" and by_uid["n-0"].group == "text/n"
+
+
+def test_llava_json_multi_image_and_text_only_records_build_and_validate(tmp_path: Path) -> None:
+    from components.validation import validate_dataset
+
+    llava_file(
+        tmp_path,
+        [
+            {"id": "one", "image": "images/a.jpg", "conversations": conv("What is shown?\n<image>", "A shade.")},
+            {"id": "two", "image": ["images/a.jpg", "images/b.jpg"],
+             "conversations": conv("<image>\n<image>\nWhich is darker?", "The first.")},
+            {"id": "text", "conversations": conv("What does CT stand for?", "Computed tomography.")},
+            {"id": "turns", "image": ["images/b.jpg", "images/a.jpg"],
+             "conversations": conv("Is <image> dark?", "Yes.", "And <image>?", "No.")},
+        ],
+    )  # fmt: skip
+    report, records = build(tmp_path, "med", SOURCES["llava_json"].config(path="med/data.json", license="x"))
+    by_id = {r.id: r for r in records}
+    assert report.quarantined == [] and report.images == 2
+    assert by_id["med/one-0"].question == "<image>\nWhat is shown?" and isinstance(by_id["med/one-0"].image, str)
+    assert by_id["med/two-0"].question == "<image>\n<image>\nWhich is darker?"
+    assert isinstance(by_id["med/two-0"].image, list) and by_id["med/two-0"].image[0] == by_id["med/one-0"].image
+    assert by_id["med/text-0"].image is None and by_id["med/text-0"].modality == "other"
+    # the first pair of 'turns' shows one image: stored as one (a string, its token in front, as LLaVA does)
+    first, second = by_id["med/turns-0"], by_id["med/turns-1"]
+    assert first.image == by_id["med/two-0"].image[1] and first.question == "<image>\nIs  dark?"
+    assert second.image == by_id["med/two-0"].image[::-1] and second.question == "<image>\nAnd <image>?"
+    assert len({r.split for r in records if r.image}) == 1  # 'one' and 'two' share images/a.jpg
+    result = validate_dataset(tmp_path / "out", split_tolerance=1.0)
+    assert result.success, result.summary_lines()
+
+
 def test_llava_json_patient_field_becomes_a_keyed_pseudonym(tmp_path: Path) -> None:
     records = [
         {"id": f"r{i}", "image": img, "patient_id": pid, "conversations": conv("Q?", "A")}
@@ -443,18 +501,36 @@ def test_llava_json_bad_records_are_quarantined(tmp_path: Path) -> None:
             {"id": "noconv", "image": "images/a.jpg"},
             {"id": "esc", "image": "../secret.jpg", "conversations": conv("Q?", "A")},
             {"id": "gone", "image": "images/c.jpg", "conversations": conv("Q?", "A")},
+            {"id": "gone2", "image": ["images/a.jpg", "images/c.jpg"], "conversations": conv("<image><image>Q?", "A")},
+            {"id": "esc2", "image": ["images/a.jpg", "../secret.jpg"], "conversations": conv("<image><image>Q?", "A")},
+            {"id": "shape", "image": 5, "conversations": conv("Q?", "A")},
+            {"id": "blank", "image": "", "conversations": conv("Q?", "A")},
+            {"id": "text", "conversations": conv("<image>\nQ?", "A")},
+            {"id": "once", "image": "images/a.jpg", "conversations": conv("<image>\nQ?", "A", "<image>\nQ2?", "B")},
+            {"id": "three", "image": ["images/a.jpg", "images/b.jpg"], "conversations": conv("<image>" * 3 + "Q", "A")},
+            {"id": "gpt", "image": "images/a.jpg", "conversations": conv("<image>\nQ?", "<image> A")},
         ],
-    )
+    )  # fmt: skip
     samples, quarantined = read("llava_json", tmp_path, path="med/data.json", license="x")
     assert [s.uid for s in samples] == ["ok-0"]
     assert [q.reason for q in quarantined] == [
         "data.json record 1 (id ok): duplicate id 'ok' (the first record with it is kept)",
         "data.json record 2 (id odd): 3 turns; expected human/gpt pairs",
         "data.json record 3 (id order): turns 0-1 are not a human turn followed by a gpt turn",
-        "data.json record 4 (id two): 2 images; a record carries exactly one",
+        "data.json record 4 (id two): 0 '<image>' token(s) in the human turns for the 2 images in field 'image'",
         "data.json record 5 (id noconv): missing required field(s) conversations",
         f"refused: data.json record 6 (id esc): path '../secret.jpg' escapes the source root {tmp_path / 'med'}",
         f"data.json record 7 (id gone): image 'images/c.jpg' not found in {tmp_path / 'med'}",
+        f"data.json record 8 (id gone2): field image[1]: image 'images/c.jpg' not found in {tmp_path / 'med'}",
+        "refused: data.json record 9 (id esc2) field image[1]: path '../secret.jpg' escapes the source root "
+        f"{tmp_path / 'med'}",
+        "data.json record 10 (id shape): field 'image' must be a path, a list of paths, or absent (text-only)",
+        "data.json record 11 (id blank): field 'image' must be a path, a list of paths, or absent (text-only)",
+        "data.json record 12 (id text): 1 '<image>' token(s) in the human turns but no field 'image' (a text-only "
+        "record)",
+        "data.json record 13 (id once): 2 '<image>' tokens in the human turns for the 1 image in field 'image'",
+        "data.json record 14 (id three): 3 '<image>' token(s) in the human turns for the 2 images in field 'image'",
+        "data.json record 15 (id gpt): turn 1 (gpt) holds '<image>'; only human turns mark images",
     ]
 
 

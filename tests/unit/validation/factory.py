@@ -3,7 +3,7 @@
 ``make_dataset(root)`` writes ``groups`` patients (8/1/1 of every 10 in train/val/test), each with one input
 image, one high-resolution target and three records (closed VQA, open VQA, super-resolution), so a clean
 dataset has split fractions of exactly 0.8/0.1/0.1. Tests mutate the returned records and call
-``write_records`` again.
+``write_records`` again. ``add_multi_and_text_only`` appends a two-image, a text-only and a text_to_image record.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def split_of(group_index: int) -> str:
     return {8: "val", 9: "test"}.get(group_index % 10, "train")
 
 
-def _record(uid: str, image: str, sha: str, group: str, split: str, **extra: Any) -> dict[str, Any]:
+def _record(uid: str, image: Any, sha: Any, group: str, split: str, **extra: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": f"phantom/{uid}",
         "source": "phantom",
@@ -86,6 +86,40 @@ def make_records(root: Path, groups: int = 10, image_size: int = 16) -> list[dic
                 target_image=target, target_image_sha256=target_sha,
             )
         )  # fmt: skip
+    return records
+
+
+def add_multi_and_text_only(root: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append, to group s000 (train), a record with two images (tokens in place), a text-only record and a
+    text_to_image record without an input image; returns the list (lines 31, 32, 33 of a 10-group dataset)."""
+    first, second = "images/s000/input.png", "images/s000/other.png"
+    shas = [sha256(root / first), write_png(root / second, seed=999)]
+    records.append(
+        _record(
+            "s000-cmp", [first, second], shas, "s000", "train", kind="vqa_open",
+            conversations=[
+                {"from": "human", "value": "Compare <image> with <image>: which is brighter?"},
+                {"from": "gpt", "value": "the second"},
+            ],
+        )
+    )  # fmt: skip
+    text = {"modality": "other", "kind": "vqa_open", "features": {"task": "comprehension", "modality": "other"}}
+    records.append(
+        _record(
+            "s000-txt", None, None, "s000", "train", **text,
+            conversations=[{"from": "human", "value": "What does CT stand for?"},
+                           {"from": "gpt", "value": "computed tomography"}],
+        )
+    )  # fmt: skip
+    target = records[2]
+    t2i = _record(
+        "s000-t2i", None, None, "s000", "train", **text | {"kind": "text_to_image"}, task="generation",
+        conversations=[{"from": "human", "value": "Draw an abdominal CT."},
+                       {"from": "gpt", "value": "An abdominal CT."}],
+        target_image=target["target_image"], target_image_sha256=target["target_image_sha256"],
+    )  # fmt: skip
+    del t2i["image"], t2i["image_sha256"]  # absent is the same as null
+    records.append(t2i)
     return records
 
 

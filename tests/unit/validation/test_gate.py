@@ -40,8 +40,8 @@ def test_valid_dataset_passes(dataset: tuple[Path, list[dict[str, Any]]]) -> Non
     report = validate_dataset(root)
     assert report.success, report.summary_lines()
     assert report.failures == []
-    assert report.statistics == {"evaluated": 23, "successful": 23, "unsuccessful": 0, "rows": 30}
-    assert report.summary_lines() == [f"validation passed: 23/23 expectations on 30 records ({root / 'records.jsonl'})"]
+    assert report.statistics == {"evaluated": 25, "successful": 25, "unsuccessful": 0, "rows": 30}
+    assert report.summary_lines() == [f"validation passed: 25/25 expectations on 30 records ({root / 'records.jsonl'})"]
 
 
 def test_missing_answer(dataset: tuple[Path, list[dict[str, Any]]]) -> None:
@@ -132,14 +132,16 @@ def test_corrupt_image_without_new_hash_fails_decode_and_hash(dataset: tuple[Pat
 def test_missing_image_token(dataset: tuple[Path, list[dict[str, Any]]]) -> None:
     root, records = dataset
     records[1]["conversations"][0]["value"] = "Which organ is largest?"
-    records[2]["conversations"][1]["value"] = "<image>\nhere it is"  # a second token
+    records[2]["conversations"][1]["value"] = "<image>\nhere it is"  # a token in a gpt turn
+    records[3]["conversations"][0]["value"] = "<image>\n<image>\nIs there a lesion?"  # two tokens, one image
     write_records(root, records)
     report = validate_dataset(root)
     assert failed(report) == {"image_token"}
     samples = failure(report, "image_token").samples
-    assert [(s.line, s.id) for s in samples] == [(2, "phantom/s000-q2"), (3, "phantom/s000-sr")]
+    assert [(s.line, s.id) for s in samples] == [(2, "phantom/s000-q2"), (3, "phantom/s000-sr"), (4, "phantom/s001-q1")]
     assert "does not start with '<image>'" in samples[0].value
-    assert "appears 2 times" in samples[1].value
+    assert samples[1].value == "turn 1 (gpt) holds '<image>'; only human turns mark images"
+    assert "appears 2 times" in samples[2].value
 
 
 def test_phi_in_question_is_named_without_repeating_it(dataset: tuple[Path, list[dict[str, Any]]]) -> None:
