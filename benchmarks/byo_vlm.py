@@ -5,17 +5,15 @@
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/byo_vlm.py --real          # real sizes, bf16, on a CUDA machine
 
 Issue 16's acceptance: per family, one training step (forward + backward + AdamW step) of a whole Hugging Face VLM
-loaded the way a user's checkpoint is (``HFVLM.from_checkpoint``), on a batch of records made by the checkpoint's own
-processor and chat template (``model.collator``), with the adapters on the language model's attention and MLP
-linears (not ``lm_head``, not the vision tower or projector):
+(``HFVLM``) on a batch made by the checkpoint's own processor and chat template (``model.collator``), the adapters on
+the language model's attention and MLP linears (not ``lm_head``, not the vision tower or projector):
 
 - **LoRA**: peft's own ``LoraConfig``, r = 64 (alpha 128, dropout 0.05), through ``apply_adapter(lm, "lora")``.
 - **H-LoRA**: medtune's fused H-LoRA, k = 4 experts x r = 16 (total rank 64: the same A/B size, plus a 4 x d router).
 
-Only the adapter trains (vision tower, projectors and language model frozen), with ``torch.optim.AdamW(fused=True)``.
-The two models are built from one checkpoint folder and measured round-robin in one run (one step of each in turn,
-the order swapped every round), so load from other processes hits both alike; the median of ``--steps`` rounds after
-``--warmup`` is reported on the wall clock and the process's CPU clock. Target: H-LoRA/LoRA <= 1.05.
+Only the adapter trains (``torch.optim.AdamW(fused=True)``). Two models are built from one checkpoint and stepped
+round-robin in one run (order swapped every round), so load from other processes hits both alike; the median of
+``--steps`` rounds after ``--warmup`` is reported on the wall clock and the CPU clock. Target: H-LoRA/LoRA <= 1.05.
 
 Tiny mode (CPU, the default): each family's tiny fixture (``tests/fixtures/tiny_<family>.py``: tokenizer, processor,
 published chat template) with the language model widened to ``--hidden`` (2 layers, 64-wide heads, MLP 8/3 x hidden;
@@ -31,10 +29,10 @@ and peak memory. Both models of a family are resident while they are interleaved
 would use alone: its resident weights and optimizer state plus the largest ``torch.cuda.max_memory_allocated`` rise
 during one of its steps.
 
-Every run prints a per-core speed figure beside the times: GFLOP/s of a fixed single-thread float32 512 x 512 matmul,
-measured once per round between the steps (median), so tables from machines of different speed or load can be read
-side by side. ``OMP_WAIT_POLICY=PASSIVE`` is set as in ``benchmarks/hlora.py`` (waiting threads sleep, so the CPU
-clock counts work). Copy the printed table into benchmarks/README.md with the date and machine.
+A per-core speed figure goes beside the times: GFLOP/s of a single-thread float32 512^3 matmul, taken once per round
+(median), so tables from machines of different speed or load can be compared. ``OMP_WAIT_POLICY=PASSIVE`` as in
+``benchmarks/hlora.py`` (waiting threads sleep, so the CPU clock counts work). Copy the table into
+benchmarks/README.md with the date and machine.
 """
 
 from __future__ import annotations
@@ -51,6 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,6 @@ if str(REPO) not in sys.path:  # the fixtures live in tests/fixtures (python ben
 
 FAMILIES = ("llava", "qwen2_5_vl", "gemma3", "idefics3")
 METHODS = ("lora", "hlora")
-LABELS = {"lora": "LoRA", "hlora": "H-LoRA"}
 RANK, EXPERTS, TARGET = 64, 4, 1.05
 VQA_RAD = REPO.parent / "shared" / "data" / "vqa_rad"
 
@@ -116,70 +114,58 @@ def tiny_sizes(family: str, hidden: int, layers: int) -> tuple[dict[str, Any], d
     vision: dict[str, Any] = {}
     if family == "gemma3":
         text["query_pre_attn_scalar"] = 64
-    if family == "qwen2_5_vl":
-        half = 32  # head_dim 64 / 2, split 2:3:3 as the 3B's [16, 24, 24]
+    if family == "qwen2_5_vl":  # multimodal RoPE over head_dim / 2 = 32, split 2:3:3 as the 3B's [16, 24, 24]
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}
-        assert sum(text["rope_parameters"]["mrope_section"]) == half
         vision["out_hidden_size"] = hidden  # the merger writes the LM's width
     return text, vision
 
 
-def build_checkpoint(family: str, folder: Path, text: dict[str, Any], vision: dict[str, Any],
-                     top: dict[str, Any] | None = None, fixture: dict[str, Any] | None = None) -> Path:  # fmt: skip
-    """The family's tiny fixture (tokenizer, processor, chat template) with its model re-made from the widened
-    config, random init, saved with ``save_pretrained`` as a downloaded checkpoint would be."""
+def tiny_loader(family: str, folder: Path, hidden: int, layers: int) -> Callable[[], Any]:
+    """Write the family's tiny fixture (tokenizer, processor, chat template) into ``folder`` with its model re-made
+    from the widened config (random init, ``save_pretrained``, as a downloaded checkpoint); return its loader."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from components.models.hf import HFVLM
     from tests.fixtures.tiny_vlms import build_tiny
 
-    build_tiny(family, folder, **(fixture or {}))
-    config = _rebuild(AutoConfig.from_pretrained(folder, local_files_only=True), text, vision, top or {})
+    build_tiny(family, folder)
+    config = _rebuild(
+        AutoConfig.from_pretrained(folder, local_files_only=True), *tiny_sizes(family, hidden, layers), {}
+    )
     torch.manual_seed(0)
     AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
-    return folder
+    return lambda: HFVLM.from_checkpoint(folder)
 
 
 # -- records ------------------------------------------------------------------------------------------------------
-def make_records(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], Callable[[str], Any], str]:
-    """``n`` comprehension records on ``n`` distinct images, the image loader, and where they came from."""
+def make_records(n: int) -> tuple[list[dict[str, Any]], Callable[[str], Any], str]:
+    """``n`` comprehension records on ``n`` distinct images, the image loader, and where they came from: VQA-RAD's
+    first questions on distinct images when ../shared/data/vqa_rad is there, else questions on noise images."""
     from PIL import Image
 
     qa_file = VQA_RAD / "VQA_RAD Dataset Public.json"
     if qa_file.is_file():
-        seen: set[str] = set()
-        items = []
+        by_image: dict[str, tuple[str, str]] = {}
         for item in json.loads(qa_file.read_text()):
-            if item["image_name"] not in seen and (VQA_RAD / "images" / item["image_name"]).is_file():
-                seen.add(item["image_name"])
-                items.append(item)
-            if len(items) == n:
-                break
-        pairs = [(str(VQA_RAD / "images" / i["image_name"]), i["question"], str(i["answer"])) for i in items]
+            if len(by_image) < n and (VQA_RAD / "images" / item["image_name"]).is_file():
+                by_image.setdefault(
+                    str(VQA_RAD / "images" / item["image_name"]), (item["question"], str(item["answer"]))
+                )
+        pictures: dict[str, Any] = {}
         source = f"VQA-RAD ({VQA_RAD})"
-
-        def load(path: str) -> Any:
-            return Image.open(path).convert("RGB")
-
     else:
-        gen = torch.Generator().manual_seed(seed)
-        pictures = {
-            f"synthetic-{k}": Image.fromarray(torch.randint(0, 256, (96 + 32 * k, 128, 3), generator=gen, dtype=torch.uint8).numpy())
-            for k in range(n)
-        }  # fmt: skip
-        questions = ["Is there a lesion in the liver?", "What modality is this?", "Is the kidney visible?"]
-        answers = ["yes", "CT", "no"]
-        pairs = [(key, questions[k % 3], answers[k % 3]) for k, key in enumerate(pictures)]
+        gen = torch.Generator().manual_seed(0)
+        pictures = {f"noise-{k}": torch.randint(0, 256, (96 + 32 * k, 128, 3), generator=gen, dtype=torch.uint8)
+                    for k in range(n)}  # fmt: skip
+        pictures = {key: Image.fromarray(pixels.numpy()) for key, pixels in pictures.items()}
+        by_image = {key: ("Is there a lesion in the liver?", "no") for key in pictures}
         source = f"synthetic noise images ({VQA_RAD} not found)"
-
-        def load(path: str) -> Any:
-            return pictures[path]
-
     records = [
         {"id": f"bench-{k}", "image": path, "task": "comprehension",
          "conversations": [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}]}
-        for k, (path, q, a) in enumerate(pairs)
+        for k, (path, (q, a)) in enumerate(by_image.items())
     ]  # fmt: skip
-    return records, load, source
+    return records, lambda path: pictures[path] if path in pictures else Image.open(path).convert("RGB"), source
 
 
 # -- one method's training step -----------------------------------------------------------------------------------
@@ -232,18 +218,13 @@ def per_core_gflops() -> float:
     """GFLOP/s of one single-thread float32 512 x 512 x 512 matmul (best of 3): this core's speed right now."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    a, b = _CALIBRATION
-    try:
-        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(3))
-    finally:
-        torch.set_num_threads(threads)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(*_CALIBRATION)
+        best = min(best, time.perf_counter() - start)
+    torch.set_num_threads(threads)
     return 2 * 512**3 / best / 1e9
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # -- measurement --------------------------------------------------------------------------------------------------
@@ -317,43 +298,12 @@ def measure(name: str, family: str, load: Callable[[], Any], records: list[dict[
     image_id = model.image_token_id
     peak = {}
     if cuda:
-        peak = {
-            m: (a.resident_bytes + _optimizer_bytes(a.optimizer) + transient[m]) / 2**30 for m, a in arms.items()
-        }
+        peak = {m: (a.resident_bytes + _optimizer_bytes(a.optimizer) + transient[m]) / 2**30 for m, a in arms.items()}
     return Result(
         name, family, int(mask.sum()), int((ids == image_id).sum()), tuple(ids.shape),  # type: ignore[arg-type]
         {m: a.trainable for m, a in arms.items()}, {m: a.adapter_dtype for m, a in arms.items()},
         times, gflops, peak,
     )  # fmt: skip
-
-
-# -- tiny mode ----------------------------------------------------------------------------------------------------
-def run_tiny(families: tuple[str, ...], args: argparse.Namespace) -> tuple[list[Result], dict[str, str]]:
-    from components.models.hf import HFVLM
-
-    records, load_image, source = make_records(args.batch)
-    print(f"records: {len(records)} from {source}")
-    results, skipped = [], {}
-    for family, why in availability(families).items():
-        if why is not None:
-            skipped[family] = why
-            print(f"skip {family}: {why}", flush=True)
-            continue
-        text, vision = tiny_sizes(family, args.hidden, args.layers)
-        with tempfile.TemporaryDirectory(prefix=f"byo-{family}-") as tmp:
-            try:
-                folder = build_checkpoint(family, Path(tmp), text, vision)
-                result = measure(
-                    family, family, lambda folder=folder: HFVLM.from_checkpoint(folder), records, load_image,
-                    steps=args.steps, warmup=args.warmup, dropout=args.dropout,
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001  (another engineer's family may be mid-change: report, go on)
-                skipped[family] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                print(f"FAILED {family}: {skipped[family]}", flush=True)
-                continue
-        results.append(result)
-        print(f"done {family}: H-LoRA/LoRA {result.ratio():.3f} wall, {result.ratio('cpu'):.3f} cpu", flush=True)
-    return results, skipped
 
 
 # -- real mode ----------------------------------------------------------------------------------------------------
@@ -455,23 +405,25 @@ def real_loader(spec: Real, folder: Path, device: str, dtype: torch.dtype, layer
     return load
 
 
-def run_real(names: tuple[str, ...], args: argparse.Namespace, device: str = "cuda") -> tuple[list[Result], dict]:
+Prepare = Callable[[Path], Callable[[], Any]]  # a temporary folder -> a function that builds one fresh model
+
+
+def run(jobs: dict[str, tuple[str, Prepare]], args: argparse.Namespace, device: str) -> tuple[list[Result], dict]:
+    """Measure every job (name -> its family and how to prepare it) whose family can run; the others are skipped."""
     records, load_image, source = make_records(args.batch)
-    print(f"records: {len(records)} from {source}")
-    present = availability(tuple(dict.fromkeys(REAL[n].family for n in names)))
+    print(f"records: {len(records)} from {source}", flush=True)
+    present = availability(tuple(dict.fromkeys(family for family, _ in jobs.values())))
     results, skipped = [], {}
-    for name in names:
-        spec = REAL[name]
-        if present[spec.family] is not None:
-            skipped[name] = str(present[spec.family])
+    for name, (family, prepare) in jobs.items():
+        if present[family] is not None:
+            skipped[name] = str(present[family])
             print(f"skip {name}: {skipped[name]}", flush=True)
             continue
-        with tempfile.TemporaryDirectory(prefix=f"byo-real-{spec.family}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"byo-{family}-") as tmp:
             try:
-                load = real_loader(spec, Path(tmp), device, torch.bfloat16, args.layers)
-                result = measure(name, spec.family, load, records, load_image, steps=args.steps, warmup=args.warmup,
-                                 dropout=args.dropout, device=device)  # fmt: skip
-            except Exception as e:  # noqa: BLE001
+                result = measure(name, family, prepare(Path(tmp)), records, load_image, steps=args.steps,
+                                 warmup=args.warmup, dropout=args.dropout, device=device)  # fmt: skip
+            except Exception as e:  # noqa: BLE001  (another engineer's family may be mid-change: report, go on)
                 skipped[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 print(f"FAILED {name}: {skipped[name]}", flush=True)
                 continue
@@ -479,7 +431,7 @@ def run_real(names: tuple[str, ...], args: argparse.Namespace, device: str = "cu
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
         results.append(result)
-        print(f"done {name}: H-LoRA/LoRA {result.ratio():.3f} wall", flush=True)
+        print(f"done {name}: H-LoRA/LoRA {result.ratio():.3f} wall, {result.ratio('cpu'):.3f} cpu", flush=True)
     return results, skipped
 
 
@@ -490,8 +442,8 @@ def format_table(results: list[Result], real: bool = False) -> str:
 
     if real:
         lines = [
-            "| model | tokens/step (image) | batch x len | LoRA ms | H-LoRA ms | H-LoRA/LoRA | LoRA tok/s | H-LoRA tok/s "
-            "| LoRA peak GiB | H-LoRA peak GiB |",
+            "| model | tokens/step (image) | batch x len | LoRA ms | H-LoRA ms | H-LoRA/LoRA | LoRA tok/s "
+            "| H-LoRA tok/s | LoRA peak GiB | H-LoRA peak GiB |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in results:
@@ -537,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", action="store_true", help="real sizes, bf16, on CUDA (skipped without CUDA)")
     parser.add_argument("--quick", action="store_true", help="2 measured steps of one family (path check)")
     parser.add_argument("--hidden", type=int, default=512, help="tiny mode: the language model's width")
-    parser.add_argument("--layers", type=int, default=None, help="LM layers (tiny: default 2; real: as published)")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="tiny: LM layers (2); real: cut both towers to N (a smaller GPU)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="measured rounds (default 20 tiny, 10 real)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=None, help="records per step (default 4 tiny, 2 real)")
@@ -550,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()  # load reports, deprecation and torchvision notes: not the benchmark's output
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft's call
     torch.set_num_threads(args.threads)
     args.steps = args.steps or (10 if args.real else 20)
     args.batch = args.batch or (2 if args.real else 4)
@@ -560,13 +515,17 @@ def main(argv: list[str] | None = None) -> int:
     gflops_before = per_core_gflops()
     if args.real:
         if not torch.cuda.is_available():
-            print("--real needs a CUDA GPU (random-init 3B-7B models in bf16); torch.cuda.is_available() is False "
-                  "here: nothing measured. Run it on a GPU machine; the tiny CPU benchmark is the default mode.")  # fmt: skip
+            print("--real skipped: it needs a CUDA GPU (random-init 0.3B-7B VLMs in bf16) and torch.cuda is not "
+                  "available here; nothing measured. The tiny CPU benchmark is the default mode.")  # fmt: skip
             return 0
         models = tuple(args.models[:1] if args.quick else args.models)
         print(f"# H-LoRA vs LoRA at real sizes — {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, "
               f"batch {args.batch}, {args.steps} interleaved steps after {args.warmup}")  # fmt: skip
-        results, skipped = run_real(models, args)
+        jobs = {
+            n: (REAL[n].family, lambda tmp, spec=REAL[n]: real_loader(spec, tmp, "cuda", torch.bfloat16, args.layers))
+            for n in models
+        }
+        results, skipped = run(jobs, args, "cuda")
     else:
         args.layers = args.layers or 2
         families = tuple(args.families[:1] if args.quick else args.families)
@@ -574,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{platform.processor() or platform.machine()}, LM hidden {args.hidden} x {args.layers} layers, batch "
               f"{args.batch}, rank {RANK} (H-LoRA {EXPERTS} x {RANK // EXPERTS}), {args.steps} interleaved steps "
               f"after {args.warmup}")  # fmt: skip
-        results, skipped = run_tiny(families, args)
+        jobs = {f: (f, lambda tmp, f=f: tiny_loader(f, tmp, args.hidden, args.layers)) for f in families}
+        results, skipped = run(jobs, args, "cpu")
     report(results, skipped, args.real)
     print(f"\nPer-core speed (1-thread fp32 512^3 matmul): {gflops_before:.1f} GFLOP/s before, "
           f"{per_core_gflops():.1f} after; load average (1 min) {load_before:.1f} before, "

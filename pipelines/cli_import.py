@@ -54,11 +54,10 @@ def healthgpt(
 
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise fail(2, f"error: --dtype {dtype}: choose auto, float32, bfloat16 or float16")
-    console.print(f"importing HealthGPT from {hlora} into {out} ...")
     try:
         info = import_healthgpt(
             lm=lm, vision=vision, hlora=hlora, out=out, gen_hlora=gen_hlora, fusion=fusion, alpha=alpha,
-            gen_alpha=gen_alpha, vq_codes=vq_codes, dtype=dtype,
+            gen_alpha=gen_alpha, vq_codes=vq_codes, dtype=dtype, progress=lambda line: console.print(line, markup=False),
         )  # fmt: skip
     except HealthGPTImportError as e:
         raise fail(2, f"error: {e}") from None

@@ -98,9 +98,12 @@ def check_model_source(cfg: MedtuneConfig, workspace: Path) -> None:
         if folder is None or value is None:
             continue
         if not folder.is_dir():
-            if value.startswith(("/", ".", "~")):
-                raise ConfigError(f"{key}: {value!r} is not a folder")
-            continue  # a hub id: the loader looks in the local cache and says how to download it
+            from components.models.hf import CheckpointError, resolve_checkpoint
+
+            try:
+                folder = resolve_checkpoint(value, key)  # a hub id: its snapshot in the local HF cache
+            except CheckpointError as e:
+                raise ConfigError(str(e)) from None
         cfg_file = folder / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"{key}: {folder} holds no config.json: not a Hugging Face model folder")

@@ -216,10 +216,20 @@ def model_args(ctx: Context) -> Any:
         max_positions=m.lm.max_positions,
         comp_layer=m.comprehension_layer,
         gen_layer=m.generation_layer,
-        lm_path=m.lm.path,
-        vision_path=m.vision.path,
+        lm_path=_local(m.lm.path, "model.lm.path"),
+        vision_path=_local(m.vision.path, "model.vision.path"),
         dtype=m.dtype,
     )
+
+
+def _local(value: str | None, key: str) -> str | None:
+    """A checkpoint setting as a local folder: a hub id becomes its snapshot folder in the local HF cache (checked
+    at config time, :func:`pipelines.context.check_model_source`)."""
+    if not value or Path(value).expanduser().is_dir():
+        return value
+    from components.models.hf import resolve_checkpoint
+
+    return str(resolve_checkpoint(value, key))
 
 
 def _section_hash(ctx: Context, *sections: str, data_version: str = "") -> str:

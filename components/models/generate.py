@@ -64,7 +64,11 @@ def greedy_decode(
     if allowed_ids is not None:
         allowed = torch.full((model.lm.get_output_embeddings().weight.shape[0],), float("-inf"), device=device)
         allowed[torch.tensor(list(allowed_ids), device=device)] = 0.0
-    out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    prefill: dict[str, Any] = {"attention_mask": mask, "position_ids": positions}
+    family = getattr(model, "family", None)
+    if family is not None:  # a family's own LM arguments, e.g. Gemma 3's bidirectional image mask
+        prefill.update(family.lm_kwargs(model, input_ids, embeds, mask, prefill))
+    out = model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **prefill)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     steps: list[Tensor] = []
     for step in range(max_new_tokens):

@@ -87,7 +87,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -239,14 +240,16 @@ def check_layout(
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """No load reports nor progress bars from transformers while importing (the command prints one summary)."""
+    """No load reports, progress bars nor warnings from the libraries while importing (the command prints a summary)."""
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():  # library deprecation notes (transformers, peft) are not the user's business
+            warnings.simplefilter("ignore")
+            yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
@@ -492,12 +495,13 @@ def import_healthgpt(
     gen_alpha: float | None = None,
     vq_codes: int | None = None,
     dtype: str = "auto",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Convert the release into a medtune model folder ``out`` (see the module docstring); returns import.json.
 
     ``alpha``/``gen_alpha`` None: 2 x the plugin's total rank (every released config). ``vq_codes`` None: from the
     files' vocabulary rows, else 8192. ``dtype``: auto | float32 | bfloat16 | float16. A bad input raises
-    :class:`HealthGPTImportError` before anything is written."""
+    :class:`HealthGPTImportError` before anything is written; ``progress`` hears one line once the inputs passed."""
     from components.models.tokenizer import ensure_vlm_tokens
     from components.models.vlm import MedVLM, VLMArgs, make_projector
     from components.models.vocab import grow_vocabulary
@@ -508,6 +512,9 @@ def import_healthgpt(
     with _quiet_transformers():
         release = check_release(lm=lm, vision=vision, hlora=hlora, gen_hlora=gen_hlora, fusion=fusion, alpha=alpha,
                                 gen_alpha=gen_alpha, vq_codes=vq_codes, dtype=dtype)  # fmt: skip
+        if progress is not None:
+            progress(f"inputs match the release layout ({', '.join(f.path.name for f in release.order)}); loading "
+                     f"the checkpoints in {str(release.dtype).removeprefix('torch.')} and writing {target} ...")  # fmt: skip
         lm_model, vision_model = _load_checkpoints(release)
     exact, difference = _shared_vocabulary(lm_model, release)
     n_rel = len(release.tokenizer)
@@ -595,6 +602,7 @@ def _write(model: Any, target: Path, release: Release, provenance: dict[str, Any
     import components.adapters.hlora  # noqa: F401  (registers "hlora" with peft)
     from components.adapters.hlora import HLoraConfig
 
+    created = next((p for p in reversed(target.parents) if not p.exists()), None)  # removed again on failure
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.importing-{os.getpid()}"
     if tmp.exists():
@@ -626,6 +634,8 @@ def _write(model: Any, target: Path, release: Release, provenance: dict[str, Any
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 

@@ -25,8 +25,6 @@ from tests.integration.conftest import assert_offline, cli_env, medtune
 pytestmark = pytest.mark.integration
 
 SMALL = ["--config", "configs/smoke.yaml"]
-PROCESSORS = {"llava": "LlavaProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "gemma3": "Gemma3Processor",
-              "idefics3": "Idefics3Processor"}  # fmt: skip
 
 PREDICT = textwrap.dedent(
     """
@@ -45,6 +43,16 @@ PREDICT = textwrap.dedent(
 )
 
 
+def _processor_class(folder: Path) -> str:
+    """The class of the processor the family loads from the checkpoint (Qwen2.5-VL's without torchvision: its
+    image-only variant, components.models.hf.qwen2_5_vl)."""
+    from transformers import AutoConfig
+
+    from components.models.hf import family_for
+
+    return type(family_for(AutoConfig.from_pretrained(folder)).load_processor(folder)).__name__
+
+
 def permissive_policy(ws: Path) -> str:
     policy_file = ws / "mlflow" / "promotion.yaml"
     policy = yaml.safe_load(policy_file.read_text())
@@ -54,13 +62,14 @@ def permissive_policy(ws: Path) -> str:
     return "registry.policy=mlflow/permissive.yaml"
 
 
+@pytest.mark.timeout(1800)  # four retrains (about a minute each on an idle 2-core machine) and a fresh process
 def test_every_family_trains_registers_and_serves(
     make_workspace: Any, netguard: dict[str, str], tmp_path: Path
 ) -> None:
     ws = make_workspace()
     env = cli_env(netguard)
     policy = permissive_policy(ws)
-    names = []
+    names, processors = [], {}
     for family in FAMILIES:
         ckpt = build_tiny(family, tmp_path / "checkpoints" / family)
         name = f"byo-{family}"
@@ -71,6 +80,7 @@ def test_every_family_trains_registers_and_serves(
         assert f"register: {name} version 1 promoted to champion (was none)" in r.stdout, r.stdout[-3000:]
         print(f"{family}: medtune run {time.perf_counter() - started:.0f} s")
         names.append(name)
+        processors[name] = _processor_class(ckpt)
 
     again = medtune(["run", *SMALL, f"model.path={tmp_path / 'checkpoints' / 'llava'}", "registry.name=byo-llava",
                      policy], ws, env)  # fmt: skip
@@ -94,7 +104,7 @@ def test_every_family_trains_registers_and_serves(
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     for family, name in zip(FAMILIES, names, strict=True):
-        assert served[name]["processor"] == PROCESSORS[family]
+        assert served[name]["processor"] == processors[name], family
         comprehension, generation = served[name]["rows"]
         assert isinstance(comprehension["answer"], str) and comprehension["image"] == ""
         assert generation["image"]  # a base64 PNG decoded from the generated VQ codes

@@ -1,4 +1,6 @@
-"""Gemma 3 (``Gemma3ForConditionalGeneration``: Gemma 3 4B/12B/27B, MedGemma 4B).
+"""Gemma 3 (``Gemma3ForConditionalGeneration``, model_type ``gemma3``: Gemma 3 4B/12B/27B, MedGemma 4B).
+
+    model = HFVLM.from_checkpoint("/models/medgemma-4b-it", gen_layer=1)   # this family is picked by config.json
 
 HVP (METHODS.md §1): comprehension reads the SigLIP tower's ``last_hidden_state`` — the last encoder layer after
 SigLIP's ``post_layernorm``, exactly what the checkpoint's ``get_image_features`` reads — through the pretrained
@@ -48,8 +50,8 @@ class Gemma3(Family):
         text_config = self.config.text_config
         if getattr(text_config, "final_logit_softcapping", None) is not None:
             raise ValueError(
-                "this Gemma 3 checkpoint sets text_config.final_logit_softcapping, which Gemma3ForConditionalGeneration "
-                "ignores and Gemma3ForCausalLM applies; medtune cannot reproduce its forward"
+                "this Gemma 3 checkpoint sets text_config.final_logit_softcapping: Gemma3ForConditionalGeneration "
+                "ignores it, Gemma3ForCausalLM applies it, so medtune cannot reproduce the checkpoint's forward"
             )
         return Parts(
             vision=inner.vision_tower,
@@ -80,17 +82,16 @@ class Gemma3(Family):
             result.append(torch.cat(feats, dim=-1))
         return result
 
-    def project(
-        self, projector: nn.Module, features: Tensor, images: Mapping[str, Any], rows: Tensor
-    ) -> list[Tensor]:
+    def project(self, projector: nn.Module, features: Tensor, images: Mapping[str, Any], rows: Tensor) -> list[Tensor]:
         return list(projector(features[rows]))
 
     # -- the language model's call ------------------------------------------------------------------------------
     def lm_kwargs(
         self, model: Any, input_ids: Tensor, inputs_embeds: Tensor, attention_mask: Tensor, call: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """The checkpoint's mask mapping (bidirectional within each image, see the module docstring)."""
-        is_image = input_ids == model.image_token_id
+        """The checkpoint's mask mapping (bidirectional within each image, see the module docstring). HFVLM.forward
+        uses it; a decoding loop's prompt pass needs it too (later steps add one text token: plain causal masks)."""
+        is_image = input_ids == int(self.config.image_token_id)
         if not bool(is_image.any()):
             return {}
         from transformers.models.gemma3.modeling_gemma3 import (

@@ -1,6 +1,10 @@
 """Idefics3 and SmolVLM (``Idefics3ForConditionalGeneration``: Idefics3-8B, SmolVLM-256M/500M/2B;
 ``SmolVLMForConditionalGeneration``: SmolVLM2).
 
+    model = HFVLM.from_checkpoint("/models/SmolVLM-256M-Instruct", gen_layer=1)   # picked by config.json
+
+SmolVLM-256M/500M-Instruct are ``idefics3`` checkpoints with an ``Idefics3Processor``; SmolVLM2 is ``smolvlm``.
+
 HVP (METHODS.md §1): comprehension reads the vision transformer's ``last_hidden_state`` (the last encoder layer after
 its ``post_layernorm``, what the checkpoint's ``get_image_features`` reads) through the pretrained ``connector``
 (pixel shuffle by ``scale_factor`` + linear); generation reads ``hidden_states[gen_layer]`` (a shallow layer) through
@@ -27,9 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from transformers import AutoModelForCausalLM
 
-from components.models.hf.family import Family, Parts, register
+from components.models.hf.family import Family, Parts, causal_lm_class_for, register
 
 
 def _real(pixel_values: Tensor) -> Tensor:
@@ -54,7 +57,9 @@ class Idefics3(Family):
         "comprehension: SigLIP last layer + post_layernorm -> pretrained connector (pixel shuffle + linear); "
         "generation: a shallow layer + post_layernorm -> copy; every sub-image of an image at the image's level"
     )
-    limits = "images only (SmolVLM2 video input not supported); SmolVLM2's SmolVLMProcessor needs `pip install num2words`"
+    limits = (
+        "images only (SmolVLM2 video input not supported); SmolVLM2's SmolVLMProcessor needs `pip install num2words`"
+    )
     image_keys = ("pixel_values", "pixel_attention_mask")
 
     def parts(self, model: nn.Module) -> Parts:
@@ -66,7 +71,7 @@ class Idefics3(Family):
             language_model=inner.text_model,
             lm_head=model.lm_head,  # type: ignore[arg-type]
             text_config=text_config,
-            causal_lm_class=AutoModelForCausalLM._model_mapping[type(text_config)],  # noqa: SLF001
+            causal_lm_class=causal_lm_class_for(text_config),
         )
 
     # -- batching -----------------------------------------------------------------------------------------------
@@ -101,7 +106,9 @@ class Idefics3(Family):
         subs = max(int(p.shape[1]) for p in pixels)
         height = max(int(p.shape[-2]) for p in pixels)
         width = max(int(p.shape[-1]) for p in pixels)
-        merged = {"pixel_values": torch.cat([_pad_to(p, (p.shape[0], subs, p.shape[2], height, width)) for p in pixels])}
+        merged = {
+            "pixel_values": torch.cat([_pad_to(p, (p.shape[0], subs, p.shape[2], height, width)) for p in pixels])
+        }
         if all("pixel_attention_mask" in o for o in outputs):
             masks = [o["pixel_attention_mask"] for o in outputs]
             merged["pixel_attention_mask"] = torch.cat([_pad_to(m, (m.shape[0], subs, height, width)) for m in masks])
@@ -135,14 +142,14 @@ class Idefics3(Family):
             result.append(torch.cat(feats, dim=-1))
         return result
 
-    def project(
-        self, projector: nn.Module, features: Tensor, images: Mapping[str, Any], rows: Tensor
-    ) -> list[Tensor]:
+    def project(self, projector: nn.Module, features: Tensor, images: Mapping[str, Any], rows: Tensor) -> list[Tensor]:
         """``features`` holds the batch's real sub-images in order; image i's are the next ``counts[i]`` of them."""
-        counts = _real(images["pixel_values"]).sum(dim=1).to(features.device)
+        counts = _real(images["pixel_values"].to(features.dtype)).sum(dim=1).to(features.device)  # as encode's
         starts = torch.cumsum(counts, dim=0) - counts
         picked = [int(r) for r in rows.tolist()]
-        index = torch.cat([torch.arange(int(starts[r]), int(starts[r] + counts[r]), device=features.device) for r in picked])
+        index = torch.cat(
+            [torch.arange(int(starts[r]), int(starts[r] + counts[r]), device=features.device) for r in picked]
+        )
         tokens = projector(features[index])  # (sub-images, tokens per sub-image, lm width)
         per_image = tokens.split([int(counts[r]) for r in picked])
         return [t.reshape(-1, t.shape[-1]) for t in per_image]

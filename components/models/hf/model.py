@@ -189,6 +189,13 @@ class HFVLM(nn.Module):
     @torch.no_grad()
     def resize_token_embeddings_mean(self, new_vocab_size: int, first_new: int | None = None) -> None:
         grow_vocabulary(self.lm, new_vocab_size, first_new)
+        # growing replaces the shell's head (an untied head is a new Linear): the whole model keeps the same one,
+        # and its configs the new size, so that save_pretrained writes what the shell computes with
+        self.hf_model.set_output_embeddings(self.lm.get_output_embeddings())
+        rows = int(self.lm.get_input_embeddings().weight.shape[0])
+        for config in (self.hf_model.config, getattr(self.hf_model.config, "text_config", None)):
+            if config is not None and hasattr(config, "vocab_size"):
+                config.vocab_size = rows
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

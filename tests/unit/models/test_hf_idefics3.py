@@ -147,7 +147,10 @@ def test_inputs_come_from_the_checkpoints_processor_and_chat_template(folder: Pa
     assert torch.equal(_real(batch["pixel_values"]), _real(own["pixel_values"]))
     real = batch["pixel_values"].flatten(2).ne(0).any(dim=2)
     assert real.sum(dim=1).tolist() == [SUB_IMAGES[n] for n in ("a.png", "b.png", "c.png")]
-    assert torch.equal(batch["pixel_attention_mask"][real], own["pixel_attention_mask"][own["pixel_values"].flatten(2).ne(0).any(dim=2)])
+    assert torch.equal(
+        batch["pixel_attention_mask"][real],
+        own["pixel_attention_mask"][own["pixel_values"].flatten(2).ne(0).any(dim=2)],
+    )
     for i, (record, text) in enumerate(zip(RECORDS, _texts(model, RECORDS), strict=True)):
         assert text.startswith("<|im_start|>User:") and text.endswith("<end_of_utterance>\n")
         images = PICTURES[i] if i < len(PICTURES) else None
@@ -155,7 +158,9 @@ def test_inputs_come_from_the_checkpoints_processor_and_chat_template(folder: Pa
         keep = batch["attention_mask"][i].bool()
         row, labels = batch["input_ids"][i][keep].tolist(), batch["labels"][i][keep].tolist()
         assert tok.decode(row) == tok.decode(ids)
-        n_sub = sum(SUB_IMAGES[p] for p in ([record["image"]] if isinstance(record["image"], str) else record["image"] or []))
+        n_sub = sum(
+            SUB_IMAGES[p] for p in ([record["image"]] if isinstance(record["image"], str) else record["image"] or [])
+        )
         assert row.count(model.image_token_id) == processor.image_seq_len * n_sub
         learned = [t for t, label in zip(row, labels, strict=True) if label != -100]
         answer = record["conversations"][1]["value"]
@@ -219,9 +224,8 @@ def test_greedy_decoding_equals_the_checkpoints_generate(folder: Path) -> None:
     prompts = model.collator(IMAGES.__getitem__).prompts(RECORDS)
     assert prompts["attention_mask"][:, -1].all() and not prompts["attention_mask"][:, 0].all()  # left-padded
     start = prompts["input_ids"].shape[1]
-    expected = reference.generate(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
-                                  pixel_values=prompts["pixel_values"], pixel_attention_mask=prompts["pixel_attention_mask"],
-                                  max_new_tokens=3, min_new_tokens=3, do_sample=False)[:, start:]  # fmt: skip
+    inputs = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")}
+    expected = reference.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)[:, start:]
     assert len({tuple(row) for row in expected.tolist()}) == 3  # three records, three different answers
     ours = greedy_decode(model, **prompts, max_new_tokens=3)
     assert ours.tolist() == expected.tolist()

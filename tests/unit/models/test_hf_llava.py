@@ -138,6 +138,8 @@ def test_padded_vocabulary_new_tokens_take_padding_rows_at_the_mean(folder: Path
     model2.resize_token_embeddings_mean(len(model2.tokenizer), first_new=n2)
     assert model2.lm.get_input_embeddings().weight.shape[0] == n2 + 18
     assert model2.lm.get_output_embeddings().weight.shape[0] == n2 + 18
+    assert model2.hf_model.get_output_embeddings() is model2.lm.get_output_embeddings()  # saved as computed
+    assert model2.hf_model.config.text_config.vocab_size == n2 + 18
 
 
 def test_multi_image_and_text_only_records_train(folder: Path) -> None:

@@ -29,7 +29,7 @@ torch.set_num_threads(2)
 
 # image sizes (h, w): "big" is 6x6 patches = 3x3 merge units, more than one 2x2-unit attention window, so the
 # window permutation inside the vision blocks is not the identity
-SIZES = {"big": (48, 48), "wide": (32, 64), "small": (48, 32), "tiny": (16, 16)}
+SIZES = {"big": (48, 48), "wide": (32, 64), "small": (48, 32)}
 TOL = 1e-5
 
 
@@ -259,6 +259,26 @@ def test_the_folder_is_a_plain_qwen_folder_and_loads_without_torchvision(untied:
     if not is_torchvision_available():
         assert isinstance(model.processor, ImageOnlyProcessor)
     assert model.processor.image_processor.patch_size == model.hf_model.config.vision_config.patch_size
+
+
+def test_a_folder_in_the_published_layout_loads_the_same_processor(untied: Path, tmp_path: Path) -> None:
+    """Qwen/Qwen2.5-VL-*-Instruct ship preprocessor_config.json and chat_template.json (no processor_config.json)."""
+    import shutil
+
+    folder = tmp_path / "published"
+    shutil.copytree(untied, folder)
+    nested = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").unlink()
+    image = {**nested["image_processor"], "processor_class": "Qwen2_5_VLProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(image))
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    new, old = load(folder), load(untied)
+    assert new.processor.chat_template == old.processor.chat_template
+    a, b = new.collator(load_image)([ONE, TWO, TEXT]), old.collator(load_image)([ONE, TWO, TEXT])
+    for key in ("input_ids", "labels", "pixel_values", "image_grid_thw"):
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_save_and_load_keep_the_merger(untied: Path, tmp_path: Path) -> None:
