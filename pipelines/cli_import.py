@@ -54,10 +54,14 @@ def healthgpt(
 
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise fail(2, f"error: --dtype {dtype}: choose auto, float32, bfloat16 or float16")
+
+    def say(line: str) -> None:
+        console.print(line, markup=False)
+
     try:
         info = import_healthgpt(
             lm=lm, vision=vision, hlora=hlora, out=out, gen_hlora=gen_hlora, fusion=fusion, alpha=alpha,
-            gen_alpha=gen_alpha, vq_codes=vq_codes, dtype=dtype, progress=lambda line: console.print(line, markup=False),
+            gen_alpha=gen_alpha, vq_codes=vq_codes, dtype=dtype, progress=say,
         )  # fmt: skip
     except HealthGPTImportError as e:
         raise fail(2, f"error: {e}") from None

@@ -40,7 +40,24 @@ def load_vlm(folder: str | Path, dtype: str | None = None) -> Any:
 def image_loader(model: Any, store: Any) -> Any:
     """The image loader ``model.collator`` takes, from a :class:`components.training.data.ImageStore` (or any
     object with ``vision(path)`` -> tensor and ``image(path)`` -> PIL image)."""
-    return store.image if getattr(model, "input_kind", "tensor") == "pil" else store.vision
+    if getattr(model, "input_kind", "tensor") == "pil":
+        return store.image
+    norm = renormaliser(model)
+    return store.vision if norm is None else (lambda path: norm(store.vision(path)))
+
+
+def renormaliser(model: Any) -> Any:
+    """None for the tiny encoder's ``(x - 0.5) / 0.5``; else a function from that to a pretrained vision
+    checkpoint's own ``(x - mean) / std`` (its preprocessor_config.json, kept in ``model.args``)."""
+    args = getattr(model, "args", None)
+    mean, std = tuple(getattr(args, "image_mean", (0.5,))), tuple(getattr(args, "image_std", (0.5,)))
+    if mean == (0.5,) and std == (0.5,):
+        return None
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return lambda pixels: (pixels * 0.5 + 0.5 - m) / s
 
 
 def store_size(model: Any, image_size: int, channels: int) -> tuple[int, int]:

@@ -39,7 +39,9 @@ release key (after ``base_model.model.``)             medtune (``plugins/<task>/
 
 ``--hlora``/``--gen-hlora`` must hold the three H-LoRA tensors of every target and the four projector tensors (the
 release builds its projector at random and takes it from that file); ``--fusion`` holds the embeddings and/or the
-head (and may hold a projector). Any other key, a missing one, or a wrong shape is an error naming the key.
+head (and may hold a projector). Any other key, a missing one, or a wrong shape is an error naming the key. The
+repository does not list the files' keys: this layout follows from how its code builds and loads the model (the
+real files cannot be fetched here), so a real file outside it fails on the first differing key, not silently.
 
 **H-LoRA, release vs medtune: no mismatch, mapped exactly; medtune's layer is unchanged.** Release:
 ``y = W x + b + B (repeat_interleave(softmax(R x), r) * dropout(A x * s))`` with ``s = alpha / (k r) * k``;
@@ -53,12 +55,12 @@ the command line (``config.py``: M3 64/128 and 256/512, L14 32/64), always 2 x t
 
 **Vocabulary.** The release adds ``<start_index>``, ``<idx_0>`` .. ``<idx_{N-1}>`` (N = ``vq_idx_nums`` = 8192),
 ``<end_index>``, ``<pixel_newline>`` to the Phi-3 tokenizer, resizes to ``len(tokenizer)`` and sets every row from
-``len`` of the *old tokenizer* on to the mean of the rows before it (so Phi-3's padding rows 32011..32063 become
-mean rows too; medtune's own growth keeps the mean rule): reproduced here in float32 (the release averages in its
-model dtype). The tokens keep their release names and ids; they index the release's VQGAN codebook, which is not
-imported (medtune's generation path adds its own ``<img_start>``/``<code_i>`` tokens after them when it trains).
-medtune's ``<image>`` placeholder then takes one more row; its embedding never reaches the LM (placeholders are
-replaced by image features, exactly where LLaVA splices its 576 features in), and the logits gain its column.
+the old tokenizer's length (32011 for Phi-3) on to the mean of the rows before it, Phi-3's padding rows included:
+reproduced here, in float32 (the release averages in its model dtype). Tokens keep their release names and ids;
+the code tokens index the release's VQGAN codebook, which is not imported (medtune's generation path adds its own
+``<img_start>``/``<code_i>`` tokens after them when it trains). medtune's ``<image>`` placeholder then takes one
+more row; its embedding never reaches the LM (placeholders are replaced by image features, exactly where LLaVA
+splices its 576 features in), and the logits gain its column.
 
 **The fusion layer and the shared vocabulary.** medtune shares one embedding and head between the plugins (stage
 2, "so the plugins share one vocabulary"); the release runs two models. The shared rows are what one model loading
@@ -119,10 +121,9 @@ CONVERSATION = {
     "system": "<|system|>\nYou are a helpful AI assistant.",
     "roles": ["\n<|user|>\n", "\n<|assistant|>\n"],
     "sep": "<|end|>",
-    "image": "<image>\\n precedes the question; the prompt ends with the assistant role",
+    "user_message": "<image>\n{question}",  # com_infer.py; the prompt ends with the assistant role
 }
 PREPROCESS = "expand2square (pad with the CLIP mean colour), then CLIPImageProcessor (resize, centre crop, mean/std)"
-OPTIONS = {"comprehension": "--hlora", "generation": "--gen-hlora"}
 
 
 class HealthGPTImportError(ValueError):
@@ -513,8 +514,9 @@ def import_healthgpt(
         release = check_release(lm=lm, vision=vision, hlora=hlora, gen_hlora=gen_hlora, fusion=fusion, alpha=alpha,
                                 gen_alpha=gen_alpha, vq_codes=vq_codes, dtype=dtype)  # fmt: skip
         if progress is not None:
-            progress(f"inputs match the release layout ({', '.join(f.path.name for f in release.order)}); loading "
-                     f"the checkpoints in {str(release.dtype).removeprefix('torch.')} and writing {target} ...")  # fmt: skip
+            names = ", ".join(f.path.name for f in release.order)
+            dtype_name = str(release.dtype).removeprefix("torch.")
+            progress(f"inputs match the release layout ({names}); loading the checkpoints ({dtype_name}) ...")
         lm_model, vision_model = _load_checkpoints(release)
     exact, difference = _shared_vocabulary(lm_model, release)
     n_rel = len(release.tokenizer)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,10 @@ class VLMArgs:
     lm_path: str | None = None  # local HF checkpoint folder (or a hub id already in the local cache)
     vision_path: str | None = None  # local CLIP (vision) checkpoint folder
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    # pixel normalisation (x - mean) / std per channel: the tiny encoder's 0.5 / 0.5, or a pretrained vision
+    # checkpoint's own image_mean / image_std (read from its preprocessor_config.json by build_vlm)
+    image_mean: tuple[float, ...] = (0.5,)
+    image_std: tuple[float, ...] = (0.5,)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -137,6 +141,19 @@ def load_local_vision(path: str, dtype: torch.dtype) -> CLIPVisionModel:
         if Path(path).is_dir():
             raise
         raise _not_local("vision_path", path, e) from e
+
+
+def checkpoint_normalisation(vision_path: str) -> dict[str, tuple[float, ...]]:
+    """``image_mean`` / ``image_std`` of a vision checkpoint's preprocessor_config.json (CLIP's own), or {}."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        file = Path(vision_path) / name
+        if file.is_file():
+            meta = json.loads(file.read_text())
+            meta = meta.get("image_processor", meta)
+            if "image_mean" in meta and "image_std" in meta:
+                return {"image_mean": tuple(map(float, meta["image_mean"])),
+                        "image_std": tuple(map(float, meta["image_std"]))}  # fmt: skip
+    return {}
 
 
 def _side(value: object) -> int:
@@ -330,7 +347,11 @@ class MedVLM(nn.Module):
                 f"{meta_file}: expected format {FORMAT} v{FORMAT_VERSION}, got {meta.get('format')} "
                 f"v{meta.get('version')}"
             )
-        args = VLMArgs(**meta["args"])
+        saved = dict(meta["args"])
+        for key in ("image_mean", "image_std"):
+            if key in saved:
+                saved[key] = tuple(saved[key])
+        args = VLMArgs(**saved)
         dt = torch_dtype(dtype or meta["dtype"])
         lm = AutoModelForCausalLM.from_pretrained(str(path / "lm"), local_files_only=True, dtype=dt)
         vision = CLIPVisionModel.from_pretrained(str(path / "vision"), local_files_only=True, dtype=dt)
@@ -353,6 +374,7 @@ def build_vlm(args: VLMArgs, tokenizer: PreTrainedTokenizerBase) -> MedVLM:
     dtype = torch_dtype(args.dtype)
     if args.vision_path:
         vision = load_local_vision(args.vision_path, dtype)
+        args = replace(args, **checkpoint_normalisation(args.vision_path))
     else:
         vision = CLIPVisionModel(
             CLIPVisionConfig(

@@ -120,6 +120,7 @@ class VLMPredictor:
 
         from components.data.records import IMAGE_TOKEN
         from components.evaluation.report import use_plugin
+        from components.models.backend import renormaliser
         from components.models.generate import answer_questions, generate_image_codes
 
         model = self.model
@@ -135,7 +136,9 @@ class VLMPredictor:
             if model.input_kind == "pil":
                 images[key] = decode_pil(row["image"], i)
             else:
-                images[key] = decode_image(row["image"], model.image_size, model.channels, i)
+                pixels = decode_image(row["image"], model.image_size, model.channels, i)
+                norm = renormaliser(model)
+                images[key] = pixels if norm is None else norm(pixels)
             question = row["question"].replace(IMAGE_TOKEN, " ").strip()
             records.append({"task": row["task"], "image": key, "conversations": [
                 {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}]})  # fmt: skip

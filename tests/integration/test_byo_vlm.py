@@ -92,8 +92,10 @@ def test_every_family_trains_registers_and_serves(
     records = [json.loads(line) for line in (ws / "data" / "vlhealth" / "records.jsonl").read_text().splitlines()]
     image = next(r["image"] for r in records if r["split"] == "test")
     png = file_to_base64(ws / "data" / "vlhealth" / image)
-    rows = [{"task": "comprehension", "question": "What modality is this?", "image": png},
-            {"task": "generation", "question": "Convert this CT slice into a T2-weighted MRI.", "image": png}]  # fmt: skip
+    rows = [
+        {"task": "comprehension", "question": "What modality is this?", "image": png},
+        {"task": "generation", "question": "Convert this CT slice into a T2-weighted MRI.", "image": png},
+    ]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     proc = subprocess.run(

@@ -34,8 +34,11 @@ def test_a_cached_hub_id_resolves_to_its_snapshot_and_an_uncached_one_says_how_t
     snapshot = _cache(hub, "acme/tiny-llava", build_tiny("llava", tmp_path / "src"))
     assert resolve_checkpoint("acme/tiny-llava") == snapshot
     assert check_checkpoint(snapshot) == "llava"
-    with pytest.raises(CheckpointError, match=r"model.path: 'acme/other' is neither a local folder nor in the local "
-                       r"Hugging Face cache; medtune never downloads weights: run `hf download acme/other"):  # fmt: skip
+    expected = (
+        r"model.path: 'acme/other' is neither a local folder nor in the local Hugging Face cache; medtune never "
+        r"downloads weights: run `hf download acme/other"
+    )
+    with pytest.raises(CheckpointError, match=expected):
         resolve_checkpoint("acme/other")
 
 

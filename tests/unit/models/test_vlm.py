@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -363,3 +365,32 @@ def test_codes_from_tokens() -> None:
         codes_from_tokens([ct.start, *ct.codes[:3]], ct, num_codes=4)
     with pytest.raises(ValueError, match=r"non-code tokens \(position, id\) \[\(2, 5\)\]"):
         codes_from_tokens([ct.start, ct.codes[0], 5, ct.end], ct, num_codes=2)
+
+
+def test_a_pretrained_vision_checkpoint_brings_its_own_normalisation(tmp_path: Path) -> None:
+    """model.vision.path: pixels are normalised with the CLIP checkpoint's image_mean / image_std (issue 16), not
+    the tiny encoder's 0.5 / 0.5; the values survive save and load."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from components.models.backend import image_loader
+    from components.training.data import ImageStore
+
+    clip = tmp_path / "clip"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     image_size=32, patch_size=8, num_channels=3)).save_pretrained(clip)  # fmt: skip
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    CLIPImageProcessor(image_mean=mean, image_std=std, size={"shortest_edge": 32},
+                       crop_size={"height": 32, "width": 32}).save_pretrained(clip)  # fmt: skip
+    model = build_vlm(VLMArgs(vision_path=str(clip), image_size=32, patch_size=8, channels=3), new_tokenizer())
+    assert model.args.image_mean == tuple(mean) and model.args.image_std == tuple(std)
+    data = tmp_path / "data"
+    data.mkdir()
+    rgb = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8")
+    Image.fromarray(rgb).save(data / "x.png")
+    pixels = image_loader(model, ImageStore(data, 32, 3))("x.png")
+    expected = (
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]
+    ) / torch.tensor(std)[:, None, None]
+    assert torch.allclose(pixels, expected, atol=1e-5)
+    model.save(tmp_path / "saved")
+    assert MedVLM.load(tmp_path / "saved").args.image_mean == tuple(mean)
