@@ -22,6 +22,7 @@ bench: $(STAMP)          ## benchmarks (slow; results go into benchmarks/README.
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/data_build.py
 	$(BIN)/python benchmarks/hlora.py
+	$(BIN)/python benchmarks/byo_vlm.py
 	$(BIN)/python benchmarks/safety.py
 	$(BIN)/python benchmarks/vqa_rad.py
 	$(BIN)/python benchmarks/rank_search.py

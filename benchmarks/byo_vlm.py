@@ -8,8 +8,11 @@ Issue 16's acceptance: per family, one training step (forward + backward + AdamW
 (``HFVLM``) on a batch made by the checkpoint's own processor and chat template (``model.collator``), the adapters on
 the language model's attention and MLP linears (not ``lm_head``, not the vision tower or projector):
 
-- **LoRA**: peft's own ``LoraConfig``, r = 64 (alpha 128, dropout 0.05), through ``apply_adapter(lm, "lora")``.
+- **LoRA**: peft's own ``LoraConfig``, r = 64 (alpha 128), through ``apply_adapter(lm, "lora")``.
 - **H-LoRA**: medtune's fused H-LoRA, k = 4 experts x r = 16 (total rank 64: the same A/B size, plus a 4 x d router).
+
+One table per adapter dropout (``--dropout``, default 0.05 — medtune's default — and 0.0): peft's LoRA draws its
+dropout mask over every input element (d per token), H-LoRA over A x (r per token), so 0.0 compares the matmuls alone.
 
 Only the adapter trains (``torch.optim.AdamW(fused=True)``). Two models are built from one checkpoint and stepped
 round-robin in one run (order swapped every round), so load from other processes hits both alike; the median of
@@ -232,6 +235,7 @@ def per_core_gflops() -> float:
 class Result:
     name: str  # the family, or the real model's name
     family: str
+    dropout: float
     tokens: int  # real (unpadded) tokens per step
     image_tokens: int
     padded: tuple[int, int]  # batch x length
@@ -246,6 +250,12 @@ class Result:
 
     def ratio(self, clock: str = "wall") -> float:
         return self.ms("hlora", clock) / self.ms("lora", clock)
+
+    def spread(self, clock: str = "wall") -> list[float]:
+        """Quartiles of the per-round ratios H-LoRA/LoRA (a round's two steps ran back to back, so a change of load
+        between rounds cancels): how noisy the ratio of medians is."""
+        pairs = [h / lo for h, lo in zip(self.times[clock]["hlora"], self.times[clock]["lora"], strict=True)]
+        return statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
 
 
 def interleave(arms: dict[str, Arm], steps: int, warmup: int, cuda: bool) -> tuple[dict, list[float], dict]:
@@ -300,7 +310,7 @@ def measure(name: str, family: str, load: Callable[[], Any], records: list[dict[
     if cuda:
         peak = {m: (a.resident_bytes + _optimizer_bytes(a.optimizer) + transient[m]) / 2**30 for m, a in arms.items()}
     return Result(
-        name, family, int(mask.sum()), int((ids == image_id).sum()), tuple(ids.shape),  # type: ignore[arg-type]
+        name, family, dropout, int(mask.sum()), int((ids == image_id).sum()), tuple(ids.shape),  # type: ignore[arg-type]
         {m: a.trainable for m, a in arms.items()}, {m: a.adapter_dtype for m, a in arms.items()},
         times, gflops, peak,
     )  # fmt: skip
@@ -421,50 +431,41 @@ def run(jobs: dict[str, tuple[str, Prepare]], args: argparse.Namespace, device: 
             continue
         with tempfile.TemporaryDirectory(prefix=f"byo-{family}-") as tmp:
             try:
-                result = measure(name, family, prepare(Path(tmp)), records, load_image, steps=args.steps,
-                                 warmup=args.warmup, dropout=args.dropout, device=device)  # fmt: skip
+                load = prepare(Path(tmp))
+                for dropout in args.dropout:
+                    result = measure(name, family, load, records, load_image, steps=args.steps, warmup=args.warmup,
+                                     dropout=dropout, device=device)  # fmt: skip
+                    results.append(result)
+                    print(f"done {name}, dropout {dropout}: H-LoRA/LoRA {result.ratio():.3f} wall, "
+                          f"{result.ratio('cpu'):.3f} cpu", flush=True)  # fmt: skip
             except Exception as e:  # noqa: BLE001  (another engineer's family may be mid-change: report, go on)
                 skipped[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 print(f"FAILED {name}: {skipped[name]}", flush=True)
-                continue
             finally:
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
-        results.append(result)
-        print(f"done {name}: H-LoRA/LoRA {result.ratio():.3f} wall, {result.ratio('cpu'):.3f} cpu", flush=True)
     return results, skipped
 
 
 # -- output -------------------------------------------------------------------------------------------------------
 def format_table(results: list[Result], real: bool = False) -> str:
-    def mark(r: float) -> str:
-        return f"{r:.3f} {'✓' if r <= TARGET else '✗'}"
-
-    if real:
-        lines = [
-            "| model | tokens/step (image) | batch x len | LoRA ms | H-LoRA ms | H-LoRA/LoRA | LoRA tok/s "
-            "| H-LoRA tok/s | LoRA peak GiB | H-LoRA peak GiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in results:
-            tps = {m: r.tokens / (r.ms(m) / 1e3) for m in METHODS}
-            lines.append(
-                f"| {r.name} | {r.tokens} ({r.image_tokens}) | {r.padded[0]} x {r.padded[1]} | {r.ms('lora'):.1f} "
-                f"| {r.ms('hlora'):.1f} | {mark(r.ratio())} | {tps['lora']:.0f} | {tps['hlora']:.0f} "
-                f"| {r.peak_gib.get('lora', float('nan')):.2f} | {r.peak_gib.get('hlora', float('nan')):.2f} |"
-            )
-        return "\n".join(lines)
-    lines = [
-        "| family | tokens/step (image) | batch x len | clock | LoRA ms | H-LoRA ms | H-LoRA/LoRA | per-core GFLOP/s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        for clock in ("wall", "cpu"):
-            lines.append(
-                f"| {r.name} | {r.tokens} ({r.image_tokens}) | {r.padded[0]} x {r.padded[1]} | {clock} "
-                f"| {r.ms('lora', clock):.1f} | {r.ms('hlora', clock):.1f} | {mark(r.ratio(clock))} "
-                f"| {statistics.median(r.gflops):.1f} |"
-            )
+    """One markdown row per result and clock (real mode: the wall clock, with tokens/s and peak memory)."""
+    head = "| dropout | model | tokens/step (image) | batch x len | clock | LoRA ms | H-LoRA ms | H-LoRA/LoRA "
+    head += "| per round p25 / p50 / p75 "
+    head += "| LoRA tok/s | H-LoRA tok/s | LoRA peak GiB | H-LoRA peak GiB |" if real else "| per-core GFLOP/s |"
+    lines = [head, "|---:|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|" * 4 if real else "---:|")]
+    for r in sorted(results, key=lambda r: -r.dropout):  # stable: families keep their order within a dropout
+        for clock in ("wall",) if real else ("wall", "cpu"):
+            ratio, (q1, q2, q3) = r.ratio(clock), r.spread(clock)
+            row = (f"| {r.dropout} | {r.name} | {r.tokens} ({r.image_tokens}) | {r.padded[0]} x {r.padded[1]} "
+                   f"| {clock} | {r.ms('lora', clock):.1f} | {r.ms('hlora', clock):.1f} "
+                   f"| {ratio:.3f} {'✓' if ratio <= TARGET else '✗'} | {q1:.2f} / {q2:.2f} / {q3:.2f} |")  # fmt: skip
+            if real:
+                tps = [r.tokens / (r.ms(m) / 1e3) for m in METHODS]
+                row += f" {tps[0]:.0f} | {tps[1]:.0f} | {r.peak_gib['lora']:.2f} | {r.peak_gib['hlora']:.2f} |"
+            else:
+                row += f" {statistics.median(r.gflops):.1f} |"
+            lines.append(row)
     return "\n".join(lines)
 
 
@@ -477,7 +478,7 @@ def report(results: list[Result], skipped: dict[str, str], real: bool) -> None:
     for r in results:
         clocks = ("wall",) if real else ("wall", "cpu")
         verdict = ", ".join(f"{c} {r.ratio(c):.3f} {'met' if r.ratio(c) <= TARGET else 'NOT met'}" for c in clocks)
-        print(f"- {r.name}: H-LoRA/LoRA {verdict} (target <= {TARGET})")
+        print(f"- {r.name}, dropout {r.dropout}: H-LoRA/LoRA {verdict} (target <= {TARGET})")
     for name, why in skipped.items():
         print(f"- {name}: skipped — {why}")
 
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=None, help="records per step (default 4 tiny, 2 real)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--dropout", type=float, nargs="+", default=[0.05, 0.0], help="one table per value")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -509,9 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or (10 if args.real else 20)
     args.batch = args.batch or (2 if args.real else 4)
     if args.quick:
-        args.steps, args.warmup = 2, 1
+        args.steps, args.warmup, args.dropout = 2, 1, args.dropout[:1]
     load_before = os.getloadavg()[0]
-    per_core_gflops()  # the first call pays one-off set-up
+    for _ in range(3):  # the first calls pay one-off set-up
+        per_core_gflops()
     gflops_before = per_core_gflops()
     if args.real:
         if not torch.cuda.is_available():

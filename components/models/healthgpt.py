@@ -76,8 +76,9 @@ release has no generation model: the generation projector is a copy of the compr
 level, issue 16 point 2) and no generation plugin is written (``prepare_model`` creates a fresh one).
 
 Not imported / recorded only: the VQGAN decoder; the chat template (``phi3_instruct``) and the image preprocessing
-(``expand2square`` with the CLIP mean colour, then CLIP's processor) go to ``import.json`` (the source's
-``preprocessor_config.json`` is copied into ``vision/``) for the collator to use. Files are read only with
+(``expand2square`` with the CLIP mean colour, then CLIP's processor) go to ``import.json`` for the collator to use.
+CLIP's ``image_mean``/``image_std`` go to ``VLMArgs`` (medtune then normalises pixels as the release does) and the
+source's ``preprocessor_config.json`` is copied into ``vision/``. Files are read only with
 ``torch.load(path, map_location="cpu", weights_only=True)``. ``dtype="auto"`` keeps every source tensor exact (one
 dtype if all sources share it, else float32); a narrower explicit dtype is recorded as lossy.
 """
@@ -504,7 +505,7 @@ def import_healthgpt(
     files' vocabulary rows, else 8192. ``dtype``: auto | float32 | bfloat16 | float16. A bad input raises
     :class:`HealthGPTImportError` before anything is written; ``progress`` hears one line once the inputs passed."""
     from components.models.tokenizer import ensure_vlm_tokens
-    from components.models.vlm import MedVLM, VLMArgs, make_projector
+    from components.models.vlm import MedVLM, VLMArgs, checkpoint_normalisation, make_projector
     from components.models.vocab import grow_vocabulary
 
     target = Path(out)
@@ -538,7 +539,7 @@ def import_healthgpt(
         lm_intermediate=int(getattr(lm_cfg, "intermediate_size", 4 * lm_hidden)),
         max_positions=int(getattr(lm_cfg, "max_position_embeddings", 2048)), comp_layer=SELECT_LAYER["comprehension"],
         gen_layer=SELECT_LAYER["generation"], lm_path=str(release.lm_dir), vision_path=str(release.vision_dir),
-        dtype=str(release.dtype).removeprefix("torch."),
+        dtype=str(release.dtype).removeprefix("torch."), **checkpoint_normalisation(str(release.vision_dir)),
     )  # fmt: skip
     model = MedVLM(vision_model, projectors, lm_model, args, image_id, release.tokenizer)
     provenance = _provenance(release, image_id=image_id, n_rel=n_rel, exact=exact, difference=difference)
@@ -701,7 +702,9 @@ def adapter_for_base_plugins(adapter: AdapterArgs, plugins: dict[str, Path]) -> 
             raise clash(
                 key, mine, task, f"total rank {s.total_rank} = {s.experts} experts x {s.total_rank // s.experts}"
             )
-        if adapter.rank_pattern or s.rank_pattern:
+        if s.rank_pattern:
+            raise ValueError(f"{plugins[task]} has a rank_pattern: only uniform plugins can be a starting point")
+        if adapter.rank_pattern:
             raise clash("adapter.rank_pattern", adapter.rank_pattern, task, "uniform ranks; disable rank_search")
         rule = 2.0 * s.total_rank  # alpha None = 2 x total rank per module (HLoraConfig.module_alpha)
         if adapter.alpha is not None and s.alpha is not None and adapter.alpha != s.alpha:
@@ -711,11 +714,21 @@ def adapter_for_base_plugins(adapter: AdapterArgs, plugins: dict[str, Path]) -> 
                 raise clash("adapter.alpha", None, task, f"alpha {s.alpha}, another plugin {changes['alpha']}")
             changes["alpha"] = s.alpha
         if s.targets:
-            mine_targets = adapter.target_modules or changes.get("target_modules")
-            if mine_targets is not None and tuple(sorted(mine_targets)) != s.targets:
+            if adapter.target_modules is not None and not _same_targets(adapter.target_modules, s.targets):
                 raise clash("adapter.target_modules", adapter.target_modules, task, f"{len(s.targets)} target modules")
+            if changes.get("target_modules", list(s.targets)) != list(s.targets):
+                raise ValueError(f"the imported plugins in {Path(plugins[task]).parent} adapt different modules")
             changes["target_modules"] = list(s.targets)
     return replace(adapter, **changes)
+
+
+def _same_targets(mine: list[str], theirs: tuple[str, ...]) -> bool:
+    """Whether a config's target list (full names or suffixes, peft's rule) names exactly the plugin's modules."""
+
+    def hit(name: str, entry: str) -> bool:
+        return name == entry or name.endswith("." + entry)
+
+    return all(any(hit(t, e) for e in mine) for t in theirs) and all(any(hit(t, e) for t in theirs) for e in mine)
 
 
 def load_base_plugins(peft_lm: Any, plugins: dict[str, Path]) -> None:

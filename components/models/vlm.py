@@ -374,7 +374,9 @@ def build_vlm(args: VLMArgs, tokenizer: PreTrainedTokenizerBase) -> MedVLM:
     dtype = torch_dtype(args.dtype)
     if args.vision_path:
         vision = load_local_vision(args.vision_path, dtype)
-        args = replace(args, **checkpoint_normalisation(args.vision_path))
+        norm = checkpoint_normalisation(args.vision_path)
+        if norm:
+            args = replace(args, image_mean=norm["image_mean"], image_std=norm["image_std"])
     else:
         vision = CLIPVisionModel(
             CLIPVisionConfig(

@@ -323,6 +323,10 @@ def test_every_imported_tensor_equals_its_source(release: dict[str, Path], impor
         assert torch.equal(value, theirs), name
         checked += 1
     assert (imported / "vision" / "preprocessor_config.json").is_file()
+    processor = CLIPImageProcessor.from_pretrained(str(release["vision"]))
+    args = json.loads((imported / "vlm.json").read_text())["args"]
+    assert args["image_mean"] == list(processor.image_mean) and args["image_std"] == list(processor.image_std)
+    assert (args["comp_layer"], args["gen_layer"], args["merge"], args["channels"]) == (-2, 1, 1, 3)
     tok = AutoTokenizer.from_pretrained(str(imported))
     assert tok.convert_tokens_to_ids("<start_index>") == n_rel - CODES - 3
     assert tok.convert_tokens_to_ids(f"<idx_{CODES - 1}>") == n_rel - 3
@@ -471,3 +475,10 @@ def test_auto_dtype_keeps_every_source_tensor_exact(
     from components.models.healthgpt import _resolve_dtype
 
     assert _resolve_dtype(dtype, sources) == (want, lossless)
+
+
+def test_suffix_target_names_that_cover_the_imported_modules_agree(imported: Path) -> None:
+    model = prepare_model(imported, codebook_size=4, adapter=adapter(target_modules=list(TARGETS)))
+    assert sorted(model.lm.peft_config["comprehension"].target_modules) == sorted(
+        f"model.layers.{i}.{name}" for i in range(2) for name in TARGETS
+    )
