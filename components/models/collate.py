@@ -1,6 +1,7 @@
 """Records (dicts as in ``records.jsonl``) -> model batches, and the prompt format shared with generation.
 
-Chat template (Vicuna-like; METHODS.md does not fix one)::
+Chat format (Vicuna-like by default, METHODS.md does not fix one; ``chat_format="phi3_instruct"`` is HealthGPT's,
+:data:`CHAT_FORMATS`; a whole HF VLM uses its own chat template instead, :mod:`components.models.hf.collate`)::
 
     <s>USER: {human turn, its <image> expanded to N placeholder ids}\\nASSISTANT: {answer}</s>
 
@@ -46,6 +47,31 @@ from components.models.tokenizer import ImageCodeTokens, image_code_tokens, toke
 IGNORE = -100
 USER = "USER: "
 ASSISTANT = "\nASSISTANT: "
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A fixed conversation format: ``system`` once before the first user turn, ``user`` before each question,
+    ``assistant`` after it; each answer ends with ``end`` (a token of the tokenizer, learned and used as the stop)
+    or, when ``end`` is None, with the tokenizer's EOS."""
+
+    system: str = ""
+    user: str = USER
+    assistant: str = ASSISTANT
+    end: str | None = None
+
+
+# "medtune": the tiny model's Vicuna-like format; "phi3_instruct": HealthGPT's (llava/conversation.py,
+# SeparatorStyle.MPT with sep "<|end|>"), for models imported with `medtune import healthgpt`
+CHAT_FORMATS = {
+    "medtune": ChatFormat(),
+    "phi3_instruct": ChatFormat(
+        system="<|system|>\nYou are a helpful AI assistant.<|end|>",
+        user="\n<|user|>\n",
+        assistant="<|end|>\n<|assistant|>\n",
+        end="<|end|>",
+    ),
+}
 
 LoadImage = Callable[[str], Tensor]
 TargetCodes = Callable[[Mapping[str, Any]], Sequence[int]]
@@ -109,7 +135,13 @@ class VLMCollator:
         target_codes: TargetCodes | None = None,
         max_length: int = 512,
         with_features: bool = False,
+        chat_format: str = "medtune",
     ) -> None:
+        if chat_format not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat format {chat_format!r}; known: {', '.join(CHAT_FORMATS)}")
+        self.format = CHAT_FORMATS[chat_format]
+        if self.format.end is not None and self.format.end not in tokenizer.get_vocab():
+            raise ValueError(f"chat format {chat_format!r} ends answers with {self.format.end!r}: not a token here")
         self.tok = tokenizer
         self.with_features = with_features
         self.n_image = num_image_tokens
@@ -121,7 +153,7 @@ class VLMCollator:
         self.image_id = token_id(tokenizer, IMAGE_TOKEN)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token")
-        self.eos = int(tokenizer.eos_token_id)
+        self.eos = int(tokenizer.eos_token_id) if self.format.end is None else token_id(tokenizer, self.format.end)
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         self._codes: ImageCodeTokens | None = None
 
@@ -132,7 +164,8 @@ class VLMCollator:
     def _human(self, text: str, first: bool) -> tuple[list[int], tuple[int, int] | None]:
         """Tokens of one user turn up to 'ASSISTANT: ', and the placeholder span relative to its start."""
         bos = [int(self.tok.bos_token_id)] if first and self.tok.bos_token_id is not None else []
-        parts = (USER + text + ASSISTANT).split(IMAGE_TOKEN)
+        fmt = self.format
+        parts = ((fmt.system if first else "") + fmt.user + text + fmt.assistant).split(IMAGE_TOKEN)
         if len(parts) > 2:
             raise ValueError(f"a conversation may hold one {IMAGE_TOKEN}, this turn has {len(parts) - 1}")
         ids = bos + self._text(parts[0])

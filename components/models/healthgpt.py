@@ -540,6 +540,7 @@ def import_healthgpt(
         max_positions=int(getattr(lm_cfg, "max_position_embeddings", 2048)), comp_layer=SELECT_LAYER["comprehension"],
         gen_layer=SELECT_LAYER["generation"], lm_path=str(release.lm_dir), vision_path=str(release.vision_dir),
         dtype=str(release.dtype).removeprefix("torch."), **checkpoint_normalisation(str(release.vision_dir)),
+        chat_format="phi3_instruct",  # the release's conversation template (llava/conversation.py)
     )  # fmt: skip
     model = MedVLM(vision_model, projectors, lm_model, args, image_id, release.tokenizer)
     provenance = _provenance(release, image_id=image_id, n_rel=n_rel, exact=exact, difference=difference)

@@ -85,6 +85,7 @@ class VLMArgs:
     # checkpoint's own image_mean / image_std (read from its preprocessor_config.json by build_vlm)
     image_mean: tuple[float, ...] = (0.5,)
     image_std: tuple[float, ...] = (0.5,)
+    chat_format: str = "medtune"  # components.models.collate.CHAT_FORMATS: "phi3_instruct" for imported HealthGPT
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -223,6 +224,7 @@ class MedVLM(nn.Module):
         return VLMCollator(
             self.tokenizer, self.num_image_tokens, load_image, target_codes=target_codes,
             max_length=max_length or self.args.max_positions, with_features=with_features,
+            chat_format=self.args.chat_format,
         )  # fmt: skip
 
     def position_ids(self, input_ids: Tensor, attention_mask: Tensor, **images: Any) -> Tensor | None:

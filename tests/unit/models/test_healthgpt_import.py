@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
@@ -54,8 +54,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE with Phi-3's kind of specials and no <image> token (the converter adds it)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    specials = ["<unk>", "<s>", "</s>", "<|end|>"]
+    specials = ["<unk>", "<s>", "</s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
     trainer = trainers.BpeTrainer(
         vocab_size=300, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
     )
@@ -482,3 +483,24 @@ def test_suffix_target_names_that_cover_the_imported_modules_agree(imported: Pat
     assert sorted(model.lm.peft_config["comprehension"].target_modules) == sorted(
         f"model.layers.{i}.{name}" for i in range(2) for name in TARGETS
     )
+
+
+def test_the_imported_model_talks_in_the_releases_phi3_instruct_format(imported: Path) -> None:
+    """HealthGPT's conversation template (llava/conversation.py conv_phi3_instruct, SeparatorStyle.MPT): training
+    prompts, evaluation and safety prompts of the imported model are the release's; <|end|> ends and stops an answer."""
+    from components.models.vlm import MedVLM
+
+    model = MedVLM.load(imported)
+    assert model.args.chat_format == "phi3_instruct"
+    collate = model.collator(lambda _: torch.zeros(model.channels, model.image_size, model.image_size))
+    record = {"id": "r", "task": "comprehension", "image": "x.png",
+              "conversations": [{"from": "human", "value": "<image>\nIs there a lesion?"},
+                                {"from": "gpt", "value": "yes"}]}  # fmt: skip
+    enc = collate.encode(record)
+    tok = model.tokenizer
+    assert tok is not None
+    text = tok.decode([t for t in enc.ids if t != model.image_token_id])
+    expected = "<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n\nIs there a lesion?<|end|>\n<|assistant|>\nyes<|end|>"
+    assert text.removeprefix(tok.bos_token or "") == expected
+    learned = [t for t, lab in zip(enc.ids, enc.labels, strict=True) if lab != -100]
+    assert tok.decode(learned) == "yes<|end|>" and collate.eos == tok.convert_tokens_to_ids("<|end|>")
