@@ -500,7 +500,10 @@ def test_the_imported_model_talks_in_the_releases_phi3_instruct_format(imported:
     tok = model.tokenizer
     assert tok is not None
     text = tok.decode([t for t in enc.ids if t != model.image_token_id])
-    expected = "<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n\nIs there a lesion?<|end|>\n<|assistant|>\nyes<|end|>"
+    expected = (
+        "<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n\nIs there a lesion?<|end|>\n<|assistant|>\n"
+        "yes<|end|>"
+    )
     assert text.removeprefix(tok.bos_token or "") == expected
     learned = [t for t, lab in zip(enc.ids, enc.labels, strict=True) if lab != -100]
     assert tok.decode(learned) == "yes<|end|>" and collate.eos == tok.convert_tokens_to_ids("<|end|>")
