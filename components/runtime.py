@@ -11,6 +11,7 @@ read their settings (and decide on telemetry) at import time. A value the user s
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,13 @@ def configure_environment(state: StatePaths) -> None:
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(state.prefect_home))
+    # Prefect derives these from "home" only inside its root settings; the server's memo store, the results' local
+    # storage and the logging config of the sub-settings default to ~/.prefect (issue 17: nothing outside the
+    # workspace and its state folder)
+    home = Path(os.environ["PREFECT_HOME"])
+    os.environ.setdefault("PREFECT_SERVER_MEMO_STORE_PATH", str(home / "memo_store.toml"))
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home / "storage"))
+    os.environ.setdefault("PREFECT_LOGGING_CONFIG_PATH", str(home / "logging.yml"))
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state.dvc_site_cache))
     os.environ.setdefault("FLWR_HOME", str(state.root / "flwr"))
     os.environ.setdefault("MPLCONFIGDIR", str(state.root / "matplotlib"))
@@ -117,3 +125,10 @@ def configure_environment(state: StatePaths) -> None:
     # The temporary Prefect server needs a few seconds on a cold 2-core machine; 20 s is tight under load.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # transformers' notices (a processor's "falling back to the PIL backend" without torchvision, weight-loading
+    # bars) are not the user's to act on; errors still print. peft reads a deprecated transformers attribute on
+    # every adapter it wraps: its FutureWarning says nothing about medtune's use.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars: medtune shows its own progress
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

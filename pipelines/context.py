@@ -60,11 +60,11 @@ def resolve(
     if not path.is_absolute():
         path = (Path.cwd() / path).resolve()
     cfg = load_params(path, overrides or [])
-    check_model_source(cfg, workspace)
     state = state_paths(workspace)
+    configure_environment(state)  # before the model check imports transformers (its progress-bar switch)
+    check_model_source(cfg, workspace)
     if make_state:
         state.make()
-    configure_environment(state)
     return Context(workspace, state, cfg, path)
 
 

@@ -180,16 +180,7 @@ class VLMCollator:
         return self._codes
 
     def _answer_codes(self, record: Mapping[str, Any]) -> list[int]:
-        if self.target_codes is None:
-            raise ValueError(f"record {record.get('id')}: a generation record needs target_codes(record)")
-        codes = self.code_tokens()
-        values = [int(c) for c in self.target_codes(record)]
-        bad = [c for c in values if not 0 <= c < codes.codebook_size]
-        if bad:
-            raise ValueError(
-                f"record {record.get('id')}: codes {bad[:5]} outside the codebook [0, {codes.codebook_size})"
-            )
-        return [codes.start, *(codes.codes[c] for c in values), codes.end]
+        return answer_codes(self.code_tokens(), self.target_codes, record)
 
     # -- one record ---------------------------------------------------------------------------------------------
     def encode(self, record: Mapping[str, Any], for_generation: bool = False) -> Encoded:
@@ -248,15 +239,9 @@ class VLMCollator:
             raise ValueError(f"record {rid}: the prompt alone fills max_length {m}; nothing of the answer is left")
         return Encoded(enc.ids[:m], labels, enc.image_span, enc.code_span)
 
-    def _task(self, record: Mapping[str, Any]) -> str:
-        task = str(record.get("task", "comprehension"))
-        if task not in TASKS:
-            raise ValueError(f"record {record.get('id')}: unknown task {task!r}; known: {', '.join(TASKS)}")
-        return task
-
     # -- batches ------------------------------------------------------------------------------------------------
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> Batch:
-        records = [_as_dict(r) for r in records]
+        records = [as_record(r) for r in records]
         encs = [self._fit(self.encode(r), r.get("id")) for r in records]
         width = max(len(e.ids) for e in encs)
         ids = torch.full((len(encs), width), self.pad, dtype=torch.long)
@@ -271,7 +256,7 @@ class VLMCollator:
             attention_mask=mask,
             labels=labels,
             pixel_values=torch.stack([self.load_image(r["image"]) for r in records]),
-            tasks=[self._task(r) for r in records],
+            tasks=[record_task(r) for r in records],
         )
         if self.with_features:  # the keyword of components.adapters.flix.FEATURES_KWARG
             batch["flix_features"] = [dict(r.get("features") or {}) for r in records]
@@ -280,7 +265,7 @@ class VLMCollator:
     def prompts(self, records: Sequence[Mapping[str, Any]], task: str | None = None) -> PromptBatch:
         """Generation prompts (the conversation without its last answer), left-padded; ``task`` overrides each
         record's task (e.g. "generation" to ask any record for an image)."""
-        records = [_as_dict(r) for r in records]
+        records = [as_record(r) for r in records]
         encs = [self.encode(r, for_generation=True) for r in records]
         for r, e in zip(records, encs, strict=True):
             if e.image_span is not None and e.image_span[1] > self.max_length:
@@ -297,11 +282,11 @@ class VLMCollator:
             input_ids=ids,
             attention_mask=mask,
             pixel_values=torch.stack([self.load_image(r["image"]) for r in records]),
-            tasks=[task or self._task(r) for r in records],
+            tasks=[task or record_task(r) for r in records],
         )
 
 
-def _as_dict(record: Any) -> Mapping[str, Any]:
+def as_record(record: Any) -> Mapping[str, Any]:
     """Accept a plain dict or a ``components.data.records.Record``."""
     if isinstance(record, Mapping):
         return record
@@ -309,3 +294,23 @@ def _as_dict(record: Any) -> Mapping[str, Any]:
     if callable(to_json):
         return dict(to_json())
     raise TypeError(f"a record must be a dict or a Record, got {type(record).__name__}")
+
+
+def record_task(record: Mapping[str, Any]) -> str:
+    """A record's task (default comprehension), checked against :data:`TASKS`."""
+    task = str(record.get("task", "comprehension"))
+    if task not in TASKS:
+        raise ValueError(f"record {record.get('id')}: unknown task {task!r}; known: {', '.join(TASKS)}")
+    return task
+
+
+def answer_codes(codes: ImageCodeTokens, target_codes: TargetCodes | None, record: Mapping[str, Any]) -> list[int]:
+    """A generation record's answer: ``<img_start>``, the token of each of its target image's VQ codes,
+    ``<img_end>`` (HealthGPT's generation path, METHODS.md §1)."""
+    if target_codes is None:
+        raise ValueError(f"record {record.get('id')}: a generation record needs target_codes(record)")
+    values = [int(c) for c in target_codes(record)]
+    bad = [c for c in values if not 0 <= c < codes.codebook_size]
+    if bad:
+        raise ValueError(f"record {record.get('id')}: codes {bad[:5]} outside the codebook [0, {codes.codebook_size})")
+    return [codes.start, *(codes.codes[c] for c in values), codes.end]

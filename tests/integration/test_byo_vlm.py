@@ -67,7 +67,9 @@ def test_every_family_trains_registers_and_serves(
     make_workspace: Any, netguard: dict[str, str], tmp_path: Path
 ) -> None:
     ws = make_workspace()
-    env = cli_env(netguard)
+    home = tmp_path / "home"  # nothing of Prefect, MLflow, DVC or Hugging Face may land in the user's home
+    home.mkdir()
+    env = cli_env(netguard, HOME=str(home))
     policy = permissive_policy(ws)
     names, processors = [], {}
     for family in FAMILIES:
@@ -110,6 +112,7 @@ def test_every_family_trains_registers_and_serves(
         comprehension, generation = served[name]["rows"]
         assert isinstance(comprehension["answer"], str) and comprehension["image"] == ""
         assert generation["image"]  # a base64 PNG decoded from the generated VQ codes
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == []
     assert_offline(netguard)
 
 

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from components.data.records import IMAGE_TOKEN, TASKS, record_images
+from components.data.records import IMAGE_TOKEN, record_images
+from components.models.collate import answer_codes, as_record, record_task
 from components.models.hf.family import Family
 from components.models.tokenizer import ImageCodeTokens, image_code_tokens
 
@@ -128,16 +129,7 @@ class ChatCollator:
         return self._codes
 
     def _answer_codes(self, record: Mapping[str, Any]) -> list[int]:
-        if self.target_codes is None:
-            raise ValueError(f"record {record.get('id')}: a generation record needs target_codes(record)")
-        codes = self.code_tokens()
-        values = [int(c) for c in self.target_codes(record)]
-        bad = [c for c in values if not 0 <= c < codes.codebook_size]
-        if bad:
-            raise ValueError(
-                f"record {record.get('id')}: codes {bad[:5]} outside the codebook [0, {codes.codebook_size})"
-            )
-        return [codes.start, *(codes.codes[c] for c in values), codes.end]
+        return answer_codes(self.code_tokens(), self.target_codes, record)
 
     # -- one record ---------------------------------------------------------------------------------------------
     def encode(self, record: Mapping[str, Any], for_generation: bool = False) -> Encoded:
@@ -227,12 +219,6 @@ class ChatCollator:
             raise ValueError(f"record {rid}: the prompt alone fills max_length {m}; nothing of the answer is left")
         return Encoded(enc.ids[:m], labels, enc.images, enc.image_count, enc.last_image_token, enc.code_span)
 
-    def _task(self, record: Mapping[str, Any]) -> str:
-        task = str(record.get("task", "comprehension"))
-        if task not in TASKS:
-            raise ValueError(f"record {record.get('id')}: unknown task {task!r}; known: {', '.join(TASKS)}")
-        return task
-
     def _images(self, encs: Sequence[Encoded]) -> dict[str, Any]:
         outputs = [o for e in encs for o in e.images]
         if not outputs:
@@ -241,7 +227,7 @@ class ChatCollator:
 
     # -- batches ------------------------------------------------------------------------------------------------
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        records = [_as_dict(r) for r in records]
+        records = [as_record(r) for r in records]
         encs = [self._fit(self.encode(r), r.get("id")) for r in records]
         width = max(len(e.ids) for e in encs)
         ids = torch.full((len(encs), width), self.pad, dtype=torch.long)
@@ -252,7 +238,7 @@ class ChatCollator:
             labels[i, : len(e.labels)] = torch.tensor(e.labels)
             mask[i, : len(e.ids)] = 1
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels, **self._images(encs)}
-        batch["tasks"] = [self._task(r) for r in records]
+        batch["tasks"] = [record_task(r) for r in records]
         batch["image_counts"] = torch.tensor([e.image_count for e in encs], dtype=torch.long)
         if self.with_features:
             batch["flix_features"] = [dict(r.get("features") or {}) for r in records]
@@ -260,7 +246,7 @@ class ChatCollator:
 
     def prompts(self, records: Sequence[Mapping[str, Any]], task: str | None = None) -> dict[str, Any]:
         """Generation prompts (the conversation without its last answer), left-padded."""
-        records = [_as_dict(r) for r in records]
+        records = [as_record(r) for r in records]
         encs = [self.encode(r, for_generation=True) for r in records]
         for r, e in zip(records, encs, strict=True):
             if len(e.ids) > self.max_length:
@@ -274,15 +260,6 @@ class ChatCollator:
             ids[i, width - len(e.ids) :] = torch.tensor(e.ids)
             mask[i, width - len(e.ids) :] = 1
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, **self._images(encs)}
-        batch["tasks"] = [task or self._task(r) for r in records]
+        batch["tasks"] = [task or record_task(r) for r in records]
         batch["image_counts"] = torch.tensor([e.image_count for e in encs], dtype=torch.long)
         return batch
-
-
-def _as_dict(record: Any) -> Mapping[str, Any]:
-    if isinstance(record, Mapping):
-        return record
-    to_json = getattr(record, "to_json", None)
-    if callable(to_json):
-        return dict(to_json())
-    raise TypeError(f"a record must be a dict or a Record, got {type(record).__name__}")
