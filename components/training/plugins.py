@@ -115,7 +115,7 @@ def prepare_model(base_dir: str | Path, *, codebook_size: int, adapter: AdapterA
     A base with ``plugins/<task>/`` (``medtune import healthgpt`` writes them) starts that plugin from those weights;
     its rank, experts, alpha and targets then come from the plugin, and an ``adapter`` that contradicts them is a
     ValueError naming the config key (``adapter.rank`` ...)."""
-    from components.models.healthgpt import adapter_for_base_plugins, base_plugins, load_base_plugins
+    from components.training.imported_plugins import adapter_for_base_plugins, base_plugins, load_base_plugins
 
     imported = base_plugins(base_dir)
     if imported:
