@@ -186,16 +186,7 @@ class VLMCollator:
     def encode(self, record: Mapping[str, Any], for_generation: bool = False) -> Encoded:
         """Token ids and labels of one record; ``for_generation`` drops the last answer (the prompt only)."""
         rid = record.get("id")
-        turns = list(record["conversations"])
-        if not turns or turns[0]["from"] != "human":
-            raise ValueError(f"record {rid}: conversations must start with a human turn")
-        if for_generation and turns[-1]["from"] == "gpt":
-            turns = turns[:-1]
-        expected = ["human", "gpt"] * (len(turns) // 2 + 1)
-        if [t["from"] for t in turns] != expected[: len(turns)]:
-            raise ValueError(f"record {rid}: turns must alternate human, gpt")
-        if not for_generation and turns[-1]["from"] != "gpt":
-            raise ValueError(f"record {rid}: the last turn must be the answer (gpt) for training")
+        turns = checked_turns(record, for_generation)
         ids: list[int] = []
         labels: list[int] = []
         image_span = code_span = None
@@ -294,6 +285,22 @@ def as_record(record: Any) -> Mapping[str, Any]:
     if callable(to_json):
         return dict(to_json())
     raise TypeError(f"a record must be a dict or a Record, got {type(record).__name__}")
+
+
+def checked_turns(record: Mapping[str, Any], for_generation: bool = False) -> list[Mapping[str, Any]]:
+    """A record's turns, human first and alternating; for training the last is the answer, for generation the
+    last answer is dropped (the prompt only)."""
+    rid = record.get("id")
+    turns = list(record["conversations"])
+    if not turns or turns[0]["from"] != "human":
+        raise ValueError(f"record {rid}: conversations must start with a human turn")
+    if for_generation and turns[-1]["from"] == "gpt":
+        turns = turns[:-1]
+    if [t["from"] for t in turns] != (["human", "gpt"] * len(turns))[: len(turns)]:
+        raise ValueError(f"record {rid}: turns must alternate human, gpt")
+    if not for_generation and turns[-1]["from"] != "gpt":
+        raise ValueError(f"record {rid}: the last turn must be the answer (gpt) for training")
+    return turns
 
 
 def record_task(record: Mapping[str, Any]) -> str:

@@ -119,11 +119,12 @@ def warm_up_vision(
     batch_size: int = 32,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
 ) -> list[float]:
     """Train ``model.vision`` (only) to answer ``tasks`` from the image: one linear head per task over the mean and
     the max of the patch features at ``model.args.comp_layer`` (the level the comprehension projector reads);
     each step draws one task and ``batch_size`` of its examples (seeded). The heads are discarded. Returns the
-    per-step losses.
+    per-step losses; ``progress`` hears ``(0, steps, None)``, then ``(step, steps, loss)`` after each step.
 
     Why: the base's LM path learns global properties (modality, which organ is larger) within the budget but not
     small local ones: a lesion barely moves a random encoder's features, so the LM cannot read it and sends back no
@@ -141,7 +142,9 @@ def warm_up_vision(
     rng = np.random.default_rng([seed, 4099])
     model.vision.train()
     losses = []
-    for _ in range(steps):
+    if progress is not None:
+        progress(0, steps, None)
+    for step in range(1, steps + 1):
         k = int(rng.integers(len(tasks)))
         picked = rng.integers(len(tasks[k].images), size=batch_size)
         pixels = torch.stack([store.vision(tasks[k].images[i]) for i in picked]).to(device)
@@ -154,6 +157,8 @@ def warm_up_vision(
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, steps, losses[-1])
     model.vision.zero_grad(set_to_none=True)
     return losses
 
@@ -200,11 +205,13 @@ def bootstrap_base(
     vision_warmup: int = DEFAULT_VISION_WARMUP,
     checkpoint_every: int = 100,
     progress: ProgressCallback | None = None,
+    warmup_progress: ProgressCallback | None = None,
     on_metrics: MetricsCallback | None = None,
     env: DistEnv | None = None,
 ) -> Path:
     """Train (or find cached) the base VLM for ``dataset_dir``; return its folder (a :meth:`MedVLM.save` folder
-    plus ``base.json``). See the module docstring."""
+    plus ``base.json``). See the module docstring. ``warmup_progress`` follows the vision warm-up, ``progress``
+    the base steps (rank 0; :data:`components.training.trainer.ProgressCallback`); a cached base reports nothing."""
     args = args or VLMArgs()
     env = env or DistEnv()
     warmup = max(1, steps // 20) if warmup is None else warmup
@@ -243,7 +250,9 @@ def bootstrap_base(
     store = ImageStore(dataset, model.image_size, model.channels)
     collate = VLMCollator(tokenizer, model.num_image_tokens, store.vision, max_length=args.max_positions)
     work = out / f".base-{key}.work"
-    warm = _vision_warmup(model, comprehension, store, work, vision_warmup, seed, env)
+    warm = _vision_warmup(
+        model, comprehension, store, work, vision_warmup, seed, env, warmup_progress if env.is_main else None
+    )
     result = train_stage(
         model,
         "base",
@@ -299,9 +308,11 @@ def _vision_warmup(
     steps: int,
     seed: int,
     env: DistEnv,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Run :func:`warm_up_vision` once per work folder (its encoder is saved there, so a resumed bootstrap does not
-    redo it); every rank computes the same result (same seed, same data), so no broadcast is needed."""
+    redo it: ``progress`` then hears ``(steps, steps, None)``, resumed at the end); every rank computes the same
+    result (same seed, same data), so no broadcast is needed."""
     tasks = image_answer_tasks(records)
     summary: dict[str, Any] = {"steps": steps, "tasks": len(tasks)}
     if steps <= 0 or not tasks:
@@ -309,9 +320,11 @@ def _vision_warmup(
     saved = work / WARMUP_FILE
     if saved.is_file():
         model.vision.load_state_dict(load_file(str(saved), device=str(env.device)))
+        if progress is not None:
+            progress(steps, steps, None)
         return {**summary, "resumed": True}
     started = time.perf_counter()
-    losses = warm_up_vision(model, tasks, store, steps=steps, seed=seed, device=env.device)
+    losses = warm_up_vision(model, tasks, store, steps=steps, seed=seed, device=env.device, progress=progress)
     if env.is_main:
         work.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in model.vision.state_dict().items()}, str(saved))
@@ -322,6 +335,14 @@ def _vision_warmup(
         "first_loss": losses[0],
         "last_loss": sum(tail) / len(tail),
     }
+
+
+def _printer(name: str, every: int) -> ProgressCallback:
+    def show(step: int, total: int, loss: float | None) -> None:
+        if loss is not None and (step % every == 0 or step == total):
+            print(f"{name} {step}/{total} loss {loss:.4f}", flush=True)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -349,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         lr=ns.lr,
         vision_warmup=ns.vision_warmup,
         seed=ns.seed,
-        progress=lambda s, n, loss: print(f"base {s}/{n} loss {loss:.4f}", flush=True) if s % 25 == 0 else None,
+        warmup_progress=_printer("vision warm-up", every=100),
+        progress=_printer("base", every=25),
     )
     print(folder)
 

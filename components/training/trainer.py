@@ -78,7 +78,9 @@ from components.training.distributed import (
 from components.training.stages import StageKey, freeze_for, stage_spec, trainable_parameters
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
-ProgressCallback = Callable[[int, int, float], None]
+#: ``progress(step, total, loss)``: first ``(start, total, None)`` once the stage is set up (start 0, or the step a
+#: resumed run continues from), then ``(step, total, loss)`` after every optimizer step (pipelines/progress.py).
+ProgressCallback = Callable[[int, int, float | None], None]
 Collate = Callable[[list[Record]], Mapping[str, Any]]
 DONE_FILE = "done.json"
 FINAL_FILE = "final.safetensors"
@@ -318,7 +320,8 @@ def train_stage(
     ``pools`` maps pool names ("comprehension", "generation", "reconstruction") to records; ``collate`` turns a
     list of records into a model batch (a VLMCollator). ``save_names`` are the parameters written to checkpoints
     and to the final tensors (default: what this stage trains); give the union over all stages to make every
-    stage's output a complete trained state. Metrics go to ``on_metrics(step, {"stage<k>/loss": ...})``."""
+    stage's output a complete trained state. Metrics go to ``on_metrics(step, {"stage<k>/loss": ...})``, progress
+    to ``progress`` (rank 0; see :data:`ProgressCallback`; a finished stage that is loaded reports nothing)."""
     env = env or DistEnv()
     spec = stage_spec(stage)
     out = Path(out_dir)
@@ -378,6 +381,8 @@ def train_stage(
     )
     model.train()
     began = time.perf_counter()
+    if env.is_main and progress is not None:
+        progress(start, args.steps, None)
 
     # -- train ------------------------------------------------------------------------------------------------
     for step in range(start, args.steps):

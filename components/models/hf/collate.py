@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from components.data.records import IMAGE_TOKEN, record_images
-from components.models.collate import answer_codes, as_record, record_task
+from components.models.collate import answer_codes, as_record, checked_turns, record_task
 from components.models.hf.family import Family
 from components.models.tokenizer import ImageCodeTokens, image_code_tokens
 
@@ -134,15 +134,7 @@ class ChatCollator:
     # -- one record ---------------------------------------------------------------------------------------------
     def encode(self, record: Mapping[str, Any], for_generation: bool = False) -> Encoded:
         rid = record.get("id")
-        turns = list(record["conversations"])
-        if not turns or turns[0]["from"] != "human":
-            raise ValueError(f"record {rid}: conversations must start with a human turn")
-        if for_generation and turns[-1]["from"] == "gpt":
-            turns = turns[:-1]
-        if [t["from"] for t in turns] != (["human", "gpt"] * len(turns))[: len(turns)]:
-            raise ValueError(f"record {rid}: turns must alternate human, gpt")
-        if not for_generation and turns[-1]["from"] != "gpt":
-            raise ValueError(f"record {rid}: the last turn must be the answer (gpt) for training")
+        turns = checked_turns(record, for_generation)
         if any(IMAGE_TOKEN in str(t["value"]) for t in turns if t["from"] == "gpt"):
             raise ValueError(f"record {rid}: an answer holds {IMAGE_TOKEN}")
         paths = record_images(record)
