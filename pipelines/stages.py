@@ -39,6 +39,13 @@ def quiet(_: str) -> None:
     return None
 
 
+def stage_progress(ctx: Context, stage: str, echo: Echo) -> contextlib.AbstractContextManager[Any]:
+    """The stage's progress lines (:mod:`pipelines.progress`) through ``echo``, every ``progress.every_seconds``."""
+    from pipelines.progress import stage_progress as progress
+
+    return progress(stage, echo, every_seconds=ctx.config.progress.every_seconds, enabled=echo is not quiet)
+
+
 def prepare_raw(ctx: Context, echo: Echo = quiet) -> dict[str, Any]:
     """Make sure ``data/raw`` is present and recorded in data.dvc; return its version.
 
@@ -182,7 +189,12 @@ def safety_stage(
     with session.child(parent, "safety") as run_id:
         folder = run_dir or ctx.state.runs / f"safety-{run_id}"
         judge = (cfg.judge, dict(cfg.judge_args)) if cfg.judge_args else cfg.judge
-        result = run_safety(sut, judge, safety_items(ctx), folder, version=cfg.version, batch_size=cfg.batch_size)
+        with stage_progress(ctx, "safety", echo) as progress:
+            graded = progress.phase(unit="items")
+            result = run_safety(
+                sut, judge, safety_items(ctx), folder, version=cfg.version, batch_size=cfg.batch_size,
+                progress=lambda _name, done, total: graded(done, total or 0, None),
+            )  # fmt: skip
         session.log_params(run_id, {"safety.version": cfg.version, "safety.judge": cfg.judge})
         session.log_metrics(run_id, result.metrics())
         session.set_tags(run_id, {"safety.overall": str(result.overall)})
@@ -230,6 +242,12 @@ def _local(value: str | None, key: str) -> str | None:
     from components.models.hf import resolve_checkpoint
 
     return str(resolve_checkpoint(value, key))
+
+
+#: The config sections that key the work folders (with data.image and the data version); output settings such as
+#: ``progress`` stay out, so changing them re-trains nothing.
+RANK_SEARCH_KEY = ("model", "base", "rank_search", "adapter", "seed")
+TRAIN_KEY = ("model", "base", "vq", "adapter", "train", "seed")
 
 
 def _section_hash(ctx: Context, *sections: str, data_version: str = "") -> str:
@@ -288,7 +306,7 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
         elif args.lm_path or args.vision_path:
             base_dir, how = _checkpoint_base(ctx, args)
         else:
-            with _metrics_logger(session, run_id) as log:
+            with _metrics_logger(session, run_id) as log, stage_progress(ctx, "base", echo) as progress:
                 base_dir = bootstrap_base(
                     dataset,
                     ctx.state.root / "models",
@@ -300,6 +318,8 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
                     vision_warmup=b.vision_warmup,
                     seed=ctx.config.seed,
                     on_metrics=log,
+                    progress=progress.phase("training"),
+                    warmup_progress=progress.phase("vision warm-up"),
                 )
         seconds = time.perf_counter() - started
         summary_file = base_dir / "base.json"
@@ -383,16 +403,16 @@ def rank_search_stage(
         if not rs.enabled:
             echo("rank_search: disabled (rank_search.enabled false); training uses adapter.rank_pattern")
             return {"pattern_file": None, "run_id": run_id}
-        key = _section_hash(ctx, "model", "base", "rank_search", "adapter", "seed", data_version=data_version)
+        key = _section_hash(ctx, *RANK_SEARCH_KEY, data_version=data_version)
         args = SearchArgs(
             steps=rs.steps, rank=a.rank, r_max=rs.r_max, b0=rs.b0, k=rs.k, delta_t=rs.delta_t, t_init=rs.t_init,
             t_final=rs.t_final, grace=rs.grace, gamma=rs.gamma, lr=rs.lr, batch_size=rs.batch_size, seed=cfg.seed,
             target_modules=a.target_modules,
         )  # fmt: skip
-        with _metrics_logger(session, run_id) as log:
+        with _metrics_logger(session, run_id) as log, stage_progress(ctx, "rank_search", echo) as progress:
             result = search_ranks(
                 base_dir, ctx.path(cfg.data.out), ctx.state.root / "rank_search" / key, args,
-                on_metrics=log, device=cfg.train.device,
+                on_metrics=log, progress=progress.phase(), device=cfg.train.device,
             )  # fmt: skip
         ranks = list(result.pattern.values())
         session.log_params(
@@ -455,7 +475,7 @@ def train_stage(
             data_version = f"{data_version}+ranks:{hashlib.sha256(pattern_json.encode()).hexdigest()[:12]}"
         if cfg.model.path:  # a whole VLM: its base folder (keyed by the checkpoint's files) decides the weights
             data_version = f"{data_version}+base:{Path(base_dir).name}"
-        key = _section_hash(ctx, "model", "base", "vq", "adapter", "train", "seed", data_version=data_version)
+        key = _section_hash(ctx, *TRAIN_KEY, data_version=data_version)
         work = ctx.state.root / "train" / key
         args = model_args(ctx)
         t, a = cfg.train, cfg.adapter
@@ -472,7 +492,7 @@ def train_stage(
         )
         session.log_dict(run_id, pattern, "rank_pattern.json")
         started = time.perf_counter()
-        with _metrics_logger(session, run_id) as log:
+        with _metrics_logger(session, run_id) as log, stage_progress(ctx, "train", echo) as progress:
             result = train_recipe(
                 ctx.path(cfg.data.out),
                 work,
@@ -509,6 +529,7 @@ def train_stage(
                 stages=t.stages,
                 evaluate=False,
                 on_metrics=log,
+                progress=progress.named,
                 device=t.device,
             )
         session.log_metrics(run_id, {k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
@@ -530,14 +551,16 @@ def evaluate_stage(ctx: Context, parent: str, echo: Echo = quiet, *, model_dir: 
     session = connect(ctx)
     with session.child(parent, "evaluate") as run_id:
         out = Path(model_dir).parent / f"eval-{ctx.config.evaluate.split}"
-        result = evaluate_recipe(
-            model_dir,
-            ctx.path(ctx.config.data.out),
-            split=ctx.config.evaluate.split,
-            out_dir=out,
-            batch_size=ctx.config.evaluate.batch_size,
-            device=ctx.config.train.device,
-        )
+        with stage_progress(ctx, "evaluate", echo) as progress:
+            result = evaluate_recipe(
+                model_dir,
+                ctx.path(ctx.config.data.out),
+                split=ctx.config.evaluate.split,
+                out_dir=out,
+                batch_size=ctx.config.evaluate.batch_size,
+                device=ctx.config.train.device,
+                progress=progress.phase(unit="records"),
+            )
         session.log_metrics(run_id, result.metrics)
         for name in ("metrics.json", "predictions.jsonl"):
             if (out / name).exists():

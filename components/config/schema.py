@@ -390,6 +390,17 @@ class FederatedConfig(Strict):
         return self
 
 
+class ProgressConfig(Strict):
+    every_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Without a terminal (a log file, CI, a pipe), each long stage prints a progress line at least "
+        "this often (step/total, loss, rate, ETA) and a final line per phase; on a terminal one line updates in "
+        "place. Output only: no cache or work-folder key includes it, so changing it re-trains nothing.",
+    )
+
+
 class MedtuneConfig(Strict):
     seed: int = Field(0, description="Global seed.")
     data: DataConfig = Field(description="The VL-Health build.")
@@ -414,6 +425,9 @@ class MedtuneConfig(Strict):
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="The safety benchmark.")
     registry: RegistryConfig = Field(
         default_factory=RegistryConfig, description="Model registration and gated promotion."
+    )
+    progress: ProgressConfig = Field(
+        default_factory=ProgressConfig, description="Progress lines of the long stages (issue 17)."
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

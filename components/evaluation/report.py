@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,9 @@ from components.training.data import ImageStore, read_records, select
 
 SHORT_ANSWER_TOKENS = 16
 CAPTION_TOKENS = 64
+#: ``progress(done, total, None)``: records answered (questions, captions, generated images) of the split's total;
+#: first ``(0, total, None)``, then once per batch (the training callbacks' protocol, loss None).
+Progress = Callable[[int, int, float | None], None]
 
 
 @dataclass
@@ -57,9 +60,11 @@ def evaluate_model(
     train_split: str = "train",
     batch_size: int = 16,
     records: Sequence[dict[str, Any]] | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Scores of ``model`` on ``split`` (see the module docstring). ``vq`` (a VQTokenizer) enables the generation
-    part; ``records`` overrides the folder's records (e.g. a filtered list)."""
+    part; ``records`` overrides the folder's records (e.g. a filtered list); ``progress`` counts records answered
+    (:data:`Progress`)."""
     if model.tokenizer is None:
         raise ValueError("the model carries no tokenizer")
     dataset = Path(dataset_dir)
@@ -72,33 +77,42 @@ def evaluate_model(
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-
     comprehension = select(test, task="comprehension")
+    generation = [r for r in select(test, task="generation") if r.get("target_image")] if vq is not None else []
+    count = _Counter(len(comprehension) + len(generation), progress)
     if comprehension:
         use_plugin(model, "comprehension")
         short = [r for r in comprehension if r.get("kind") != "caption"]
         captions = [r for r in comprehension if r.get("kind") == "caption"]
         answers: dict[str, str] = {}
         for part, tokens in ((short, SHORT_ANSWER_TOKENS), (captions, CAPTION_TOKENS)):
-            if part:
+            # one call per batch (answer_questions batches the same way, so the answers are the same): progress
+            for start in range(0, len(part), batch_size):
+                chunk = part[start : start + batch_size]
                 out = answer_questions(
-                    model, model.tokenizer, part, load, max_new_tokens=tokens, batch_size=batch_size,
+                    model, model.tokenizer, chunk, load, max_new_tokens=tokens, batch_size=batch_size,
                     max_length=model.max_length,
                 )  # fmt: skip
-                answers.update({str(r["id"]): a for r, a in zip(part, out, strict=True)})
+                answers.update({str(r["id"]): a for r, a in zip(chunk, out, strict=True)})
+                count.add(len(chunk))
         vqa_metrics, vqa_rows = score_vqa(comprehension, [answers[str(r["id"])] for r in comprehension], baseline)
         metrics.update(vqa_metrics)
         rows += [{"task": "comprehension", **row} for row in vqa_rows]
     metrics["eval/comprehension_seconds"] = time.perf_counter() - t0
 
-    generation = [r for r in select(test, task="generation") if r.get("target_image")]
     if generation and vq is not None:
         t1 = time.perf_counter()
         use_plugin(model, "generation")
-        codes = generate_image_codes(
-            model, model.tokenizer, generation, load, num_codes=int(vq.num_codes_per_image),
-            batch_size=batch_size, max_length=model.max_length,
-        )  # fmt: skip
+        parts: list[torch.Tensor] = []
+        for start in range(0, len(generation), batch_size):  # one call per batch, as above
+            chunk = generation[start : start + batch_size]
+            chunk_codes = generate_image_codes(
+                model, model.tokenizer, chunk, load, num_codes=int(vq.num_codes_per_image),
+                batch_size=batch_size, max_length=model.max_length,
+            )  # fmt: skip
+            parts.append(chunk_codes)
+            count.add(len(chunk))
+        codes = torch.cat(parts, dim=0)
         with torch.no_grad():
             generated = vq.decode(codes.to(next(vq.parameters()).device)).cpu()
             targets = store.pixel_batch([str(r["target_image"]) for r in generation])
@@ -110,6 +124,20 @@ def evaluate_model(
         metrics["eval/generation_seconds"] = time.perf_counter() - t1
     use_plugin(model, "comprehension")
     return EvalResult(metrics, rows)
+
+
+class _Counter:
+    """Records answered so far, told to ``progress`` (first ``(0, total, None)``)."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+        if progress is not None and total:
+            progress(0, total, None)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total, None)
 
 
 def write_predictions(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -149,7 +149,8 @@ def run_safety(
     confidence: float = 0.95,
 ) -> SafetyResult:
     """Answer, judge and grade ``items``; write ``result.json`` (and, with ``report``, ``report.html`` and
-    ``hazard_grades.png``) into ``run_dir``. See the module docstring."""
+    ``hazard_grades.png``) into ``run_dir``. See the module docstring. ``progress("safety", done, total)`` hears
+    the starting point first (0, or the items a killed run finished), then the count after every batch."""
     started = time.perf_counter()
     check_version(version)
     if batch_size < 1:
@@ -187,7 +188,7 @@ def run_safety(
             work.append(item)
         store.flush()
         finished = len(items) - len(work)
-        if progress is not None and finished:
+        if progress is not None:  # the starting point: 0, or the items a killed run had finished
             progress("safety", finished, len(items))
         for start in range(0, len(work), batch_size):  # full batches of unfinished items, also on a resume
             batch = work[start : start + batch_size]

@@ -53,7 +53,7 @@ from components.adapters.elalora import RankAllocator, rank_pattern
 from components.models.backend import image_loader, load_vlm, store_size
 from components.training.data import EpochSampler, ImageStore, dataset_fingerprint, read_records, select
 from components.training.distributed import resolve_device
-from components.training.trainer import cosine_schedule, label_count, token_loss_sum
+from components.training.trainer import ProgressCallback, cosine_schedule, label_count, token_loss_sum
 
 PATTERN_FILE, TRAJECTORY_FILE, RESULT_FILE = "pattern.json", "trajectory.json", "result.json"
 HEATMAP_FILE, TRAJECTORY_PLOT = "heatmap.png", "trajectory.png"
@@ -124,9 +124,11 @@ def search_ranks(
     args: SearchArgs,
     *,
     on_metrics: MetricsCallback | None = None,
+    progress: ProgressCallback | None = None,
     device: str = "auto",
 ) -> SearchResult:
-    """Run the search (see the module docstring); a finished folder with the same key is re-used."""
+    """Run the search (see the module docstring); a finished folder with the same key is re-used (and reports no
+    progress). ``progress`` hears ``(0, steps, None)``, then ``(step, steps, loss)`` after every step."""
     out = Path(out_dir)
     key = search_key(base_dir, dataset_dir, args)
     done = out / RESULT_FILE
@@ -167,6 +169,8 @@ def search_ranks(
     torch.manual_seed(args.seed)
     model.train()
     losses: list[float] = []
+    if progress is not None:
+        progress(0, args.steps, None)
 
     # -- search -----------------------------------------------------------------------------------------------
     for step in range(1, args.steps + 1):
@@ -190,6 +194,8 @@ def search_ranks(
             if moved is not None:
                 metrics["rank_search/moved"] = float(len(moved.grown))
             on_metrics(step, metrics)
+        if progress is not None:
+            progress(step, args.steps, losses[-1])
 
     # -- cleanup ----------------------------------------------------------------------------------------------
     model.eval()

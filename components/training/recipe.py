@@ -76,7 +76,9 @@ from components.training.trainer import (
     train_stage,
 )
 
-RecipeProgress = Callable[[str, int, int, float], None]
+#: ``progress(phase, step, total, loss)``: phases "base vision warm-up", "base", "VQ tokenizer", "stage 1", ...; per
+#: phase the :data:`components.training.trainer.ProgressCallback` protocol (``loss`` None where there is none).
+RecipeProgress = Callable[[str, int, int, float | None], None]
 #: Optimizer steps per stage (batch 8). Stage 2 is where the new code rows learn which code is which (they all start
 #: at the mean, see components.training.stages), so it gets many steps and a higher rate; stage 3 then trains each
 #: plugin on its task. Generation needs more steps than comprehension (64 codes per answer, learned from scratch),
@@ -112,7 +114,7 @@ def _named_progress(progress: RecipeProgress | None, name: str) -> ProgressCallb
     if progress is None:
         return None
 
-    def report(step: int, total: int, loss: float) -> None:
+    def report(step: int, total: int, loss: float | None) -> None:
         progress(name, step, total, loss)
 
     return report
@@ -131,7 +133,7 @@ def _stage_keys(stages: Sequence[StageKey] | str) -> list[StageKey]:
 
 def _vq_tokenizer(
     dataset: Path, work: Path, vq_dir: str | Path | None, config: VQConfig, *, steps: int, seed: int, env: DistEnv,
-    records: list[dict[str, Any]],
+    records: list[dict[str, Any]], progress: ProgressCallback | None = None,
 ) -> tuple[VQTokenizer, Path, dict[str, float]]:  # fmt: skip
     """A trained VQ tokenizer: the given one, the one of an earlier run in ``work/vq``, or a new one (rank 0)."""
     if vq_dir is not None:
@@ -142,7 +144,7 @@ def _vq_tokenizer(
     metrics: dict[str, float] = {}
     if not (folder / "model.safetensors").is_file() and env.is_main:
         images = load_dataset_images(dataset, select(records, split="train"), channels=config.channels)
-        vq, metrics = train_vq(images, config, steps=steps, seed=seed)
+        vq, metrics = train_vq(images, config, steps=steps, seed=seed, progress=progress)
         vq.save(folder)
     barrier(env)
     return VQTokenizer.load(folder), folder, {f"vq/{k}": float(v) for k, v in metrics.items()}
@@ -220,6 +222,7 @@ def train_recipe(
             batch_size=base_batch_size, lr=base_lr, vision_warmup=base_vision_warmup, seed=seed, env=env,
             on_metrics=on_metrics,
             progress=_named_progress(progress, "base"),
+            warmup_progress=_named_progress(progress, "base vision warm-up"),
         )  # fmt: skip
     else:
         base = Path(base_dir)
@@ -232,8 +235,9 @@ def train_recipe(
         )
     t1 = time.perf_counter()
     vq, vq_folder, vq_metrics = _vq_tokenizer(
-        dataset, work, vq_dir, vq_config, steps=vq_steps, seed=seed, env=env, records=records
-    )
+        dataset, work, vq_dir, vq_config, steps=vq_steps, seed=seed, env=env, records=records,
+        progress=_named_progress(progress, "VQ tokenizer") if env.is_main else None,
+    )  # fmt: skip
     metrics.update(vq_metrics)
     timings["time/vq_seconds"] = time.perf_counter() - t1
     with torch.random.fork_rng(devices=[]):
@@ -334,9 +338,10 @@ def evaluate_recipe(
     out_dir: str | Path | None = None,
     batch_size: int = 16,
     device: str = "auto",
+    progress: ProgressCallback | None = None,
 ) -> EvalResult:
     """Score a :func:`train_recipe` model folder on ``split``; with ``out_dir``, write metrics.json and
-    predictions.jsonl there."""
+    predictions.jsonl there. ``progress(done, total, None)`` counts records answered (see :func:`evaluate_model`)."""
     folder = Path(model_dir)
     model: MedVLM = load_trained(folder)
     vq = VQTokenizer.load(folder / VQ_DIR) if (folder / VQ_DIR).is_dir() else None
@@ -344,7 +349,7 @@ def evaluate_recipe(
     model.to(dev)
     if vq is not None:
         vq.to(dev)
-    result = evaluate_model(model, dataset_dir, vq=vq, split=split, batch_size=batch_size)
+    result = evaluate_model(model, dataset_dir, vq=vq, split=split, batch_size=batch_size, progress=progress)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -425,8 +430,8 @@ def main(argv: list[str] | None = None) -> None:
         task_mix = {2: share, 3: share, "mixed": share}
     env = init_distributed(ns.device)
 
-    def show(stage: str, step: int, total: int, loss: float) -> None:
-        if step == total or step % 25 == 0:
+    def show(stage: str, step: int, total: int, loss: float | None) -> None:
+        if loss is not None and (step == total or step % 25 == 0):
             print(f"{stage}: step {step}/{total} loss {loss:.4f}", flush=True)
 
     try:

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from components.data.records import TASKS
+from components.data.records import TASKS, record_images
 from components.models.collate import IGNORE
 from components.training.checkpoint import (
     STATE_FILE,
@@ -75,7 +75,7 @@ from components.training.distributed import (
     shard,
     wrap_ddp,
 )
-from components.training.stages import StageKey, freeze_for, stage_spec, trainable_parameters
+from components.training.stages import StageKey, StageSpec, freeze_for, stage_spec, trainable_parameters
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 #: ``progress(step, total, loss)``: first ``(start, total, None)`` once the stage is set up (start 0, or the step a
@@ -288,15 +288,17 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _task_pools(
-    spec_data: Mapping[str, tuple[str, ...]], pools: Mapping[str, Sequence[Record]]
-) -> dict[str, list[Record]]:
+def _task_pools(spec: StageSpec, pools: Mapping[str, Sequence[Record]]) -> dict[str, list[Record]]:
+    """Each task's records for ``spec``. A task that trains projectors only (stage 1's comprehension: multi-modal
+    alignment) draws only records with an image: a text-only record gives a projector no gradient."""
     out: dict[str, list[Record]] = {}
-    for task, names in spec_data.items():
+    for task, names in spec.data.items():
         missing = [n for n in names if n not in pools]
         if missing:
             raise KeyError(f"the stage needs record pools {missing}; given: {sorted(pools)}")
         records = [r for n in names for r in pools[n]]
+        if all(group.startswith("projector.") for group in spec.trains.get(task, ())):
+            records = [r for r in records if record_images(r)]
         if records:
             out[task] = records
     return out
@@ -328,7 +330,7 @@ def train_stage(
     prefix = f"stage{spec.key}/"
     done = out / DONE_FILE
     final = out / FINAL_FILE
-    task_pools = _task_pools(spec.data, pools)
+    task_pools = _task_pools(spec, pools)
     mix = {t: float(args.task_mix.get(t, 0.0) if args.task_mix else 1.0) for t in task_pools}
     if not task_pools or sum(mix.values()) <= 0:
         raise ValueError(f"stage {spec.key}: no records for any of its tasks {spec.tasks} (pools: {sorted(pools)})")

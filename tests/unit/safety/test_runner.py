@@ -153,7 +153,8 @@ def test_the_journal_records_every_event(tmp_path: Path) -> None:
         ticks.append((stage, done, total))
 
     run_safety(CountingSUT(), CountingJudge(), items, tmp_path, batch_size=3, report=False, progress=progress)
-    assert ticks[-1] == ("safety", len(items), len(items)) and len(ticks) == -(-len(items) // 3)
+    assert ticks[0] == ("safety", 0, len(items)) and ticks[-1] == ("safety", len(items), len(items))
+    assert len(ticks) == 1 + -(-len(items) // 3)  # the starting point, then one per batch
     events = read_journal(tmp_path)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"

@@ -29,7 +29,12 @@ def test_the_search_keeps_the_budget_writes_its_files_and_is_reused(
     toy_dataset: Path, toy_base: Path, tmp_path: Path
 ) -> None:
     seen: list[tuple[int, dict[str, float]]] = []
-    result = search_ranks(toy_base, toy_dataset, tmp_path, ARGS, on_metrics=lambda s, m: seen.append((s, m)))
+    told: list[tuple[int, int, float | None]] = []
+    result = search_ranks(
+        toy_base, toy_dataset, tmp_path, ARGS, on_metrics=lambda s, m: seen.append((s, m)),
+        progress=lambda *call: told.append(call),
+    )  # fmt: skip
+    assert told == [(0, ARGS.steps, None)] + [(s, ARGS.steps, loss) for s, loss in enumerate(result.losses, 1)]
     pattern = result.pattern
     assert len(pattern) == MATRICES and all(name.startswith("model.layers.") for name in pattern)
     assert sum(pattern.values()) == ARGS.rank * MATRICES
@@ -45,8 +50,8 @@ def test_the_search_keeps_the_budget_writes_its_files_and_is_reused(
     assert [s for s, _ in seen] == list(range(1, 13)) and all("rank_search/loss" in m for _, m in seen)
     assert sum(m.get("rank_search/moved", 0) for _, m in seen) == result.moved
 
-    again = search_ranks(toy_base, toy_dataset, tmp_path, ARGS)
-    assert again.reused and again.pattern == pattern
+    again = search_ranks(toy_base, toy_dataset, tmp_path, ARGS, progress=lambda *call: told.append(call))
+    assert again.reused and again.pattern == pattern and len(told) == ARGS.steps + 1  # re-used: nothing to report
     other = search_ranks(toy_base, toy_dataset, tmp_path, SearchArgs(**{**ARGS.__dict__, "seed": 1}))
     assert not other.reused  # other settings: searched again, not the stale result
 

@@ -148,12 +148,15 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     """In process: crash after the step-4 checkpoint, train again -> bitwise the uninterrupted weights (CPU, fp32,
     dropout on: the RNG state is part of the checkpoint)."""
     args = TrainArgs(steps=7, lr=5e-3, batch_size=2, checkpoint_every=2, seed=1, warmup=2)
+    calls: list[tuple[int, int, float | None]] = []
 
     def run(out: Path, crash_at: int | None) -> tuple[dict[str, torch.Tensor], list[float]]:
         model = make_model("hlora", dropout=0.1)
         pools, collate = pools_and_collate(model, toy_dataset, toy_vq)
+        calls.clear()
 
-        def progress(step: int, total: int, loss: float) -> None:
+        def progress(step: int, total: int, loss: float | None) -> None:
+            calls.append((step, total, loss))
             if step == crash_at:
                 raise Crash
 
@@ -170,6 +173,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
         "step-00000004",
     ]
     resumed, resumed_losses = run(tmp_path / "resumed", None)
+    assert calls[0] == (4, 7, None)  # the progress protocol: the step it resumed from, then one call per step
+    assert [(s, t) for s, t, _ in calls[1:]] == [(5, 7), (6, 7), (7, 7)]
+    assert all(loss is not None for *_, loss in calls[1:])
     assert resumed_losses == straight_losses
     for name, value in straight.items():
         assert torch.equal(resumed[name], value), name
@@ -186,3 +192,17 @@ def test_a_finished_stage_is_reused_only_with_the_same_settings(
     assert again.losses == first.losses  # loaded, not trained again
     with pytest.raises(ValueError, match="other settings, data or parameters"):
         train_stage(make_model("lora"), 3, pools, collate, TrainArgs(steps=3, lr=1e-2, batch_size=2), out_dir=tmp_path)
+
+
+def test_projector_only_tasks_draw_only_records_with_an_image() -> None:
+    """Stage 1 trains the comprehension projector alone: text-only records (issue 16) give it no gradient, so its
+    pool keeps only records with images; stage 3 (plugins) keeps them all."""
+    from components.training.stages import stage_spec
+    from components.training.trainer import _task_pools
+
+    with_image = {"id": "a", "image": "x.png", "task": "comprehension"}
+    two_images = {"id": "b", "image": ["x.png", "y.png"], "task": "comprehension"}
+    text_only = {"id": "c", "image": None, "task": "comprehension"}
+    pools = {"comprehension": [with_image, two_images, text_only], "generation": [], "reconstruction": []}
+    assert [r["id"] for r in _task_pools(stage_spec(1), pools)["comprehension"]] == ["a", "b"]
+    assert [r["id"] for r in _task_pools(stage_spec(3), pools)["comprehension"]] == ["a", "b", "c"]
