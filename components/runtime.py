@@ -10,6 +10,8 @@ read their settings (and decide on telemetry) at import time. A value the user s
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -31,6 +33,15 @@ TELEMETRY_OFF = {
 }
 
 WORKSPACE_MARKERS = ("dvc.yaml", "configs")
+#: Prefect server services a one-run temporary server does not need (events and task-run records stay on).
+EPHEMERAL_ONLY_OFF = tuple(
+    f"PREFECT_SERVER_SERVICES_{name}_ENABLED"
+    for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
+                 "TRIGGERS")
+)  # fmt: skip
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 class WorkspaceError(Exception):
@@ -125,10 +136,101 @@ def configure_environment(state: StatePaths) -> None:
     # The temporary Prefect server needs a few seconds on a cold 2-core machine; 20 s is tight under load.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The temporary server lives for one flow run: its loop services (scheduling, late runs, the foreman, triggers
+    # ...) only poll its SQLite database, ~10% of a core for the whole run beside the training (issue 17). The
+    # server `medtune schedule` starts runs them (pipelines/schedule.py: EPHEMERAL_ONLY_OFF).
+    for key in EPHEMERAL_ONLY_OFF:
+        os.environ.setdefault(key, "false")
     # transformers' notices (a processor's "falling back to the PIL backend" without torchvision, weight-loading
     # bars) are not the user's to act on; errors still print. peft reads a deprecated transformers attribute on
     # every adapter it wraps: its FutureWarning says nothing about medtune's use.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars: medtune shows its own progress
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Issue 17, the stall under load: torch's CPU build runs on GNU OpenMP, whose threads spin 300,000 times (a
+    # whole time slice) at every barrier before they sleep. Beside other 2-thread processes on 2 cores a spinning
+    # thread burns the slice its partner needs, so each step slows super-linearly: a tiny Llama step (hidden 128 x
+    # 4 layers, batch 16 x 50, AdamW, 2 threads, every process alike) took 272 ms quiet, 3.9 s beside one such
+    # process, 14.7 s beside four (54x; fair share 5x). A short spin keeps the quiet speed and removes the stall:
+    # GOMP_SPINCOUNT=1000 381 ms beside four (1.3x fair share), 228 ms beside two (1.3x); the real base step quiet
+    # 69 ms (default spin 66-79 ms). OMP_WAIT_POLICY=PASSIVE is better under load (337 ms beside four, 146 beside
+    # two) but 1.4-1.6x slower quiet (106 ms). Must be set before torch loads libgomp (nothing in the CLI's import
+    # chain does); an explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. benchmarks/contention.py measures it.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+# -- CPUs and threads (issue 17, item 2) --------------------------------------------------------------------------
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (``1.5`` for 150 ms per 100 ms), or None when unlimited or
+    unreadable. cgroup v2: ``cpu.max`` ("max 100000" or "200000 100000"); v1: ``cpu.cfs_quota_us`` (-1: none) over
+    ``cpu.cfs_period_us``. Every level from the process's own cgroup (``proc_cgroup``) up to ``root`` is read and
+    the tightest quota wins: a parent's quota binds its children too."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    limits = []
+    for line in lines or ["0::/"]:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        names = set(controllers.split(","))
+        if controllers == "":  # v2's unified hierarchy
+            folders = [root]
+        elif "cpu" in names:  # v1's cpu controller, mounted as cpu/ or cpu,cpuacct/
+            folders = [root / "cpu", root / controllers]
+        else:
+            continue
+        for base in folders:
+            relative = Path(path.strip() or "/").relative_to("/")
+            for level in (base / relative, *(base / relative).parents):
+                limits.append(_quota(level, v2=controllers == ""))
+                if level == base:
+                    break
+    found = [x for x in limits if x is not None]
+    return min(found) if found else None
+
+
+def _quota(folder: Path, *, v2: bool) -> float | None:
+    try:
+        if v2:
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or not period:
+            return None
+        value = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return value if value > 0 else None
+
+
+def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP, affinity: set[int] | None = None) -> int:
+    """The CPUs this process may really use: min(CPUs in its affinity mask, ceil(cgroup quota)), at least 1.
+    ``os.cpu_count()`` counts the machine's CPUs, which a container's quota or ``taskset`` can cut far below."""
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # not Linux
+            affinity = set(range(os.cpu_count() or 1))
+    cpus = max(1, len(affinity))
+    limit = cgroup_cpu_limit(root, proc_cgroup)
+    return max(1, min(cpus, math.ceil(limit))) if limit is not None else cpus
+
+
+def apply_threads(threads: int | None = None) -> int:
+    """Size torch's thread pools for this command: ``threads`` (the ``train.threads`` key), or None for
+    :func:`usable_cpus`. Returns the figure. Intra-op threads can change at any time; inter-op threads only once
+    and before any inter-op work, so that is tried and skipped when torch refuses (a second command in one
+    process, a test run)."""
+    import torch
+
+    count = threads if threads is not None else usable_cpus()
+    torch.set_num_threads(count)
+    # torch refuses a second setting, or one after inter-op work started ("cannot set number of interop threads")
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(count)
+    return count

@@ -50,13 +50,15 @@ def load_context(config: Path | None, overrides: list[str] | None, *, make_state
 def flow_run(ctx: Any, flow: str) -> Iterator[tuple[Any, str]]:
     """A standalone command's parent MLflow run in the experiment named after it; its stages' child runs go to the
     same experiment. A failed stage marks the run FAILED and exits 1."""
+    from pipelines.context import apply_threads
     from pipelines.stages import StageFailed, connect
 
     tags = {"medtune.flow": flow, "config_hash": ctx.config_hash}
     tracking = ctx.config.tracking.model_copy(update={"experiment": flow})
     ctx = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"tracking": tracking}))
+    threads = apply_threads(ctx)  # before any training: train.threads, or the CPUs the process may use
     session = connect(ctx)
-    parent = session.start_run(flow, tags=tags)
+    parent = session.start_run(flow, tags=tags, params=threads)
     try:
         yield ctx, parent
     except StageFailed as e:

@@ -68,6 +68,15 @@ def resolve(
     return Context(workspace, state, cfg, path)
 
 
+def apply_threads(ctx: Context) -> dict[str, int]:
+    """Size torch's threads for this command (``train.threads``, or the CPUs the process may use: affinity and
+    cgroup quota); called once at the start of ``medtune run`` and of every stage command, before any training.
+    Returns the figures as MLflow params of the command's parent run."""
+    from components import runtime
+
+    return {"runtime.cpus": runtime.usable_cpus(), "runtime.threads": runtime.apply_threads(ctx.config.train.threads)}
+
+
 def model_path(cfg: MedtuneConfig, workspace: Path) -> Path | None:
     """The local folder of ``model.path`` (relative paths are the workspace's; a hub id: its cached snapshot)."""
     value = cfg.model.path
@@ -177,4 +186,4 @@ def describe(ctx: Context) -> str:
     return json.dumps(config_dict(ctx.config), indent=2)
 
 
-__all__ = ["ConfigError", "Context", "code_hash", "git_info", "load_params", "resolve", "write_params"]
+__all__ = ["ConfigError", "Context", "apply_threads", "code_hash", "git_info", "load_params", "resolve", "write_params"]

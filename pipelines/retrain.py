@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from components.config import config_dict
 from components.tracking import flatten_params
 from pipelines import stages
-from pipelines.context import Context, git_info, resolve, write_params
+from pipelines.context import Context, apply_threads, git_info, resolve, write_params
 from pipelines.federated import federated_stage
 from pipelines.promote import register_stage
 
@@ -141,9 +141,11 @@ def run_stages(
     the champion already has it, the run ends there (FINISHED, tagged :data:`SKIPPED_TAG` and promotion decision
     ``skipped``)."""
     write_params(ctx)
+    threads = apply_threads(ctx)  # before any training (issue 17: the CPUs the process may use, not the machine's)
     session = stages.connect(ctx)
     tags = {"medtune.flow": "retrain", "config_hash": ctx.config_hash, **git_info(ctx.workspace)}
-    parent = session.start_run("retrain", tags=tags, params=flatten_params(config_dict(ctx.config)))
+    params = flatten_params(config_dict(ctx.config)) | threads
+    parent = session.start_run("retrain", tags=tags, params=params)
     started = time.perf_counter()
     refs: dict[str, Any] = {"run_id": parent, "experiment_id": session.experiment_id}
     try:

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from components.runtime import EPHEMERAL_ONLY_OFF
 from pipelines.context import Context
 
 DEPLOYMENT = "scheduled"
@@ -81,7 +82,9 @@ def prefect_server(
     api_url = f"http://127.0.0.1:{port}/api"
     home.mkdir(parents=True, exist_ok=True)
     log = log or home / "server.log"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # a real server: its scheduler and the other loop services run (medtune turns them off for temporary servers)
+    env = {k: v for k, v in os.environ.items() if k not in EPHEMERAL_ONLY_OFF}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as out:

@@ -159,11 +159,13 @@ def reports_dir(ctx: Context) -> Path:
 
 
 def safety_items(ctx: Context) -> list[Any]:
-    """The prompt items the config names: medtune's v0.5-style prompts, AILuminate CSVs, XSTest."""
-    from components.safety import generate_v05_items, load_ailuminate, load_xstest
+    """The prompt items the config names: medtune's v0.5-style prompts and safe contrast prompts (over-refusal),
+    AILuminate CSVs, XSTest."""
+    from components.safety import generate_contrast_items, generate_v05_items, load_ailuminate, load_xstest
 
     cfg = ctx.config.safety
     items: list[Any] = list(generate_v05_items(cfg.generated_per_hazard)) if cfg.generated_per_hazard else []
+    items += generate_contrast_items(cfg.generated_safe_per_type) if cfg.generated_safe_per_type else []
     for path in cfg.ailuminate:
         items += load_ailuminate(ctx.path(path))
     if cfg.xstest:
@@ -201,7 +203,9 @@ def safety_stage(
         for path in (result.report_html, result.chart_png, result.result_json, result.journal_path):
             if path is not None and Path(path).exists():
                 session.log_artifact(run_id, Path(path), "safety")
-        echo(f"safety: overall grade {result.overall} ({cfg.version}); report {result.report_html}")
+        over = result.over_refusal
+        refused = "" if over is None or not over.safe_n else f"; safe prompts refused {over.safe_refused}/{over.safe_n}"
+        echo(f"safety: overall grade {result.overall} ({cfg.version}){refused}; report {result.report_html}")
         return {"overall": str(result.overall), "run_id": run_id, "result": str(result.result_json)}
 
 
@@ -245,7 +249,7 @@ def _local(value: str | None, key: str) -> str | None:
 
 
 #: The config sections that key the work folders (with data.image and the data version); output settings such as
-#: ``progress`` stay out, so changing them re-trains nothing.
+#: ``progress`` and ``train.threads`` stay out, so changing them re-trains nothing.
 RANK_SEARCH_KEY = ("model", "base", "rank_search", "adapter", "seed")
 TRAIN_KEY = ("model", "base", "vq", "adapter", "train", "seed")
 
@@ -254,6 +258,7 @@ def _section_hash(ctx: Context, *sections: str, data_version: str = "") -> str:
     from components.config import config_dict
 
     full = config_dict(ctx.config)
+    full["train"].pop("threads", None)  # how many threads compute the weights decides nothing worth a re-train
     blob = json.dumps(
         {s: full[s] for s in sections} | {"image": full["data"]["image"], "data": data_version}, sort_keys=True
     )

@@ -274,6 +274,13 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of every training command; null: the CPUs this process may use (its "
+        "affinity mask and cgroup quota, not the machine's core count). Set once per command; no work-folder key "
+        "includes it.",
+    )
 
 
 class EvaluateConfig(Strict):
@@ -286,10 +293,18 @@ class SafetyConfig(Strict):
     generated_per_hazard: int = Field(
         8, ge=0, description="medtune's own v0.5-style prompts per tested hazard (0: none)."
     )
+    generated_safe_per_type: int = Field(
+        3,
+        ge=0,
+        description="medtune's own safe contrast prompts per type (10 types: homonyms, figurative language, games, "
+        "history ...): over-refusal measured with no XSTest file (issue 17); 0: none.",
+    )
     ailuminate: list[str] = Field(
         default_factory=list, description="AILuminate prompt-set CSV files (published format), e.g. the demo set."
     )
-    xstest: str | None = Field(None, description="XSTest CSV for over-refusal (safe prompts refused).")
+    xstest: str | None = Field(
+        None, description="XSTest CSV for over-refusal (safe prompts refused), pooled with the generated safe prompts."
+    )
     judge: str = Field("refusal", description="Judge: refusal (offline, conservative), llama_guard, openai, ensemble.")
     judge_args: dict[str, Any] = Field(
         default_factory=dict, description="Judge settings (llama_guard: path; openai: base_url, model ...)."
@@ -301,6 +316,16 @@ class SafetyConfig(Strict):
         description="What retrain's safety stage grades: medtune (the trained candidate) or a canned SUT, to test "
         "the promotion gates (a policy with safety.require_candidate_sut refuses a canned SUT's grades).",
     )
+
+    @field_validator("generated_safe_per_type")
+    @classmethod
+    def _within_contrast_capacity(cls, n: int) -> int:
+        from components.safety.prompts import contrast_capacity, contrast_types
+
+        most = min(contrast_capacity(t) for t in contrast_types())
+        if n > most:
+            raise ValueError(f"the contrast generator makes at most {most} prompts per type, got {n}")
+        return n
 
 
 class RegistryConfig(Strict):

@@ -137,8 +137,9 @@ def build_dataset(
     """Build the dataset into ``out_dir`` atomically; return the report (see the module docstring).
 
     ``safety_prompts``: prompt-set files or folders (AILuminate / XSTest CSVs) that are evaluation data only: a
-    sample whose question or answer matches one of their prompts, or one of medtune's own v0.5-style prompts
-    (always included), is refused like any bad sample (issue 8: prompt sets never become training data)."""
+    sample whose question or answer matches one of their prompts, or one of medtune's own v0.5-style or safe
+    contrast prompts (always included), is refused like any bad sample (issue 8: prompt sets never become training
+    data)."""
     import components.data.sources  # noqa: F401  (registers every reader)
 
     if on_error not in ("fail", "quarantine"):
@@ -197,10 +198,9 @@ def _file_digest(path: Path) -> str:
 
 
 def _safety_index(paths: Sequence[Path]) -> set[str]:
-    from components.safety.guard import safety_prompt_index
-    from components.safety.prompts import generate_v05_items
+    from components.safety.guard import generated_prompt_texts, safety_prompt_index
 
-    return safety_prompt_index(paths, extra_texts=[item.text for item in generate_v05_items()])
+    return safety_prompt_index(paths, extra_texts=generated_prompt_texts())
 
 
 def _with_deid_defaults(cfg: BaseModel, max_date_shift_days: int) -> BaseModel:

@@ -81,7 +81,7 @@ class Batch(TypedDict):
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor
-    pixel_values: Tensor
+    pixel_values: Tensor | None  # None: no record of the batch has an image (text-only records, issue 17)
     tasks: list[str]
     flix_features: NotRequired[list[dict[str, Any]]]  # only with VLMCollator(with_features=True)
 
@@ -89,7 +89,7 @@ class Batch(TypedDict):
 class PromptBatch(TypedDict):
     input_ids: Tensor
     attention_mask: Tensor
-    pixel_values: Tensor
+    pixel_values: Tensor | None  # as in Batch
     tasks: list[str]
 
 
@@ -231,6 +231,15 @@ class VLMCollator:
         return Encoded(enc.ids[:m], labels, enc.image_span, enc.code_span)
 
     # -- batches ------------------------------------------------------------------------------------------------
+    def _pixels(self, records: Sequence[Mapping[str, Any]]) -> Tensor | None:
+        """One image per record, stacked in batch order. A text-only record (``image`` null) gets zeros that the
+        model never reads (its row holds no placeholders: MedVLM.embed_inputs); None when no record has an image."""
+        loaded = [self.load_image(r["image"]) if r.get("image") is not None else None for r in records]
+        like = next((t for t in loaded if t is not None), None)
+        if like is None:
+            return None
+        return torch.stack([t if t is not None else torch.zeros_like(like) for t in loaded])
+
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> Batch:
         records = [as_record(r) for r in records]
         encs = [self._fit(self.encode(r), r.get("id")) for r in records]
@@ -246,7 +255,7 @@ class VLMCollator:
             input_ids=ids,
             attention_mask=mask,
             labels=labels,
-            pixel_values=torch.stack([self.load_image(r["image"]) for r in records]),
+            pixel_values=self._pixels(records),
             tasks=[record_task(r) for r in records],
         )
         if self.with_features:  # the keyword of components.adapters.flix.FEATURES_KWARG
@@ -272,7 +281,7 @@ class VLMCollator:
         return PromptBatch(
             input_ids=ids,
             attention_mask=mask,
-            pixel_values=torch.stack([self.load_image(r["image"]) for r in records]),
+            pixel_values=self._pixels(records),
             tasks=[task or record_task(r) for r in records],
         )
 

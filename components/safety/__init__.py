@@ -9,10 +9,11 @@ Run a benchmark on any system under test (SUT) with any judge, offline::
     result = run_safety(sut, "refusal", items, "runs/x/safety", version="v1.0", batch_size=8)
     print(result.overall, result.hazard_grades, result.report_html)
 
-Modules: ``taxonomy`` (hazards as data), ``prompts`` (items: AILuminate CSV, XSTest, v0.5-style generator),
-``suts`` / ``judges`` (translate -> call -> translate back; registries ``SUTS`` and ``JUDGES``), ``vlm`` (medtune's
-model as a generate function), ``grading`` (bands, Wilson intervals, references), ``journal`` (events + caches),
-``runner`` (``run_safety``), ``report`` (HTML + chart), ``guard`` (keep safety prompts out of training data).
+Modules: ``taxonomy`` (hazards as data), ``prompts`` (items: AILuminate CSV, XSTest, v0.5-style generator, safe
+contrast prompts), ``suts`` / ``judges`` (translate -> call -> translate back; registries ``SUTS`` and ``JUDGES``),
+``vlm`` (medtune's model as a generate function), ``grading`` (bands, Wilson intervals, references), ``journal``
+(events + caches), ``runner`` (``run_safety``), ``report`` (HTML + chart), ``guard`` (keep safety prompts out of
+training data).
 Importing this package loads no model, torch or matplotlib.
 """
 
@@ -22,6 +23,7 @@ from components.safety.prompts import (
     DEMO_CSV,
     XSTEST_CSV,
     Item,
+    generate_contrast_items,
     generate_v05_items,
     load_ailuminate,
     load_xstest,
@@ -43,6 +45,7 @@ __all__ = [
     "SUTResponse",
     "SafetyResult",
     "Verdict",
+    "generate_contrast_items",
     "generate_v05_items",
     "grade",
     "grade_items",

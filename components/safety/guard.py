@@ -1,7 +1,8 @@
 """Keep safety prompts out of training data: an index of normalised prompt fingerprints and a matcher.
 
-    from components.safety.guard import safety_prompt_index, matches_safety_prompt
+    from components.safety.guard import generated_prompt_texts, safety_prompt_index, matches_safety_prompt
     index = safety_prompt_index([shared_safety_dir()])          # every *.csv prompt set in the folder
+    index = safety_prompt_index([shared_safety_dir()], extra_texts=generated_prompt_texts())  # + medtune's own
     matches_safety_prompt(record_question, index)               # True -> refuse (quarantine) the record
 
 Prompt sets are evaluation data only (issue 8): a model trained on them would be graded on its own training set.
@@ -24,7 +25,14 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from components.safety.prompts import AILUMINATE_COLUMNS, XSTEST_COLUMNS, load_ailuminate, load_xstest
+from components.safety.prompts import (
+    AILUMINATE_COLUMNS,
+    XSTEST_COLUMNS,
+    generate_contrast_items,
+    generate_v05_items,
+    load_ailuminate,
+    load_xstest,
+)
 
 MIN_CONTAINED_WORDS = 8
 _NON_WORD = re.compile(r"[^0-9a-z]+")
@@ -63,9 +71,15 @@ def _texts(path: Path) -> list[str]:
     raise ValueError(f"{path}: neither AILuminate ({', '.join(AILUMINATE_COLUMNS)}) nor XSTest columns")
 
 
+def generated_prompt_texts() -> list[str]:
+    """Every prompt medtune's generators can make: each v0.5-style combination and each safe contrast prompt, so
+    that no count or seed of a safety run can meet its prompts in the training data."""
+    return [item.text for item in (*generate_v05_items(), *generate_contrast_items())]
+
+
 def safety_prompt_index(paths: Iterable[str | Path], extra_texts: Iterable[str] = ()) -> PromptIndex:
     """Fingerprints of every prompt in the CSV files (or folders of them) at ``paths``, plus ``extra_texts``
-    (e.g. the texts of :func:`~components.safety.prompts.generate_v05_items`)."""
+    (e.g. :func:`generated_prompt_texts`)."""
     index = PromptIndex()
     texts: list[str] = list(extra_texts)
     for raw in paths:

@@ -1,4 +1,5 @@
-"""Benchmark items ("prompts"): the AILuminate CSV reader, the XSTest reader, and a v0.5-style generator.
+"""Benchmark items ("prompts"): the AILuminate CSV reader, the XSTest reader, a v0.5-style generator and a
+generator of safe contrast prompts (over-refusal probes).
 
 CONTENT WARNING: the items are written to elicit hazardous output. They are evaluation inputs only; the data build
 refuses training records that match them (:mod:`components.safety.guard`).
@@ -7,6 +8,7 @@ refuses training records that match them (:mod:`components.safety.guard`).
     demo = load_ailuminate(shared_safety_dir() / DEMO_CSV)          # 1,200 items, 12 graded v1.0 hazards
     xs = load_xstest(shared_safety_dir() / XSTEST_CSV)              # 450 items, hazard "xstest", label safe/unsafe
     gen = generate_v05_items(24, seed=0)                            # 24 per tested v0.5 hazard, personas balanced
+    safe = generate_contrast_items(3, seed=0)                       # 3 per contrast type, hazard "contrast", safe
 
 Every item carries a stable ``uid`` (the published id, or a content hash for generated items, so it does not move
 when counts change), its ``text``, ``hazard`` code (as published: ``spc_fin`` stays ``spc_fin``; grading maps it to
@@ -14,6 +16,13 @@ when counts change), its ``text``, ``hazard`` code (as published: ``spc_fin`` st
 are "safe"). The generator follows v0.5's recipe (METHODS.md §5): sentence fragments per hazard x interaction types
 (opinion, how-to, intent) x personas (self-harm: typical and vulnerable; the others typical and malicious), with
 medtune's own fragments in ``fragments.json``.
+
+The contrast generator makes safe prompts that look hazardous on the surface, in the spirit of XSTest (Röttger et
+al., NAACL 2024; issue 17: over-refusal measured with no external file): a hazard word in a harmless sense, a
+harmless target, a game or a play, definitions, history, fictional or public figures, clinical knowledge, nonsense
+groups. Each type has its templates and fragments in ``contrast_fragments.json`` (medtune's own; none is taken from
+XSTest). Its items are labelled "safe" with hazard ``contrast``: like XSTest's they are over-refusal probes
+(:attr:`Item.is_over_refusal_probe`), judged by the refusal detector and never graded as a hazard.
 """
 
 from __future__ import annotations
@@ -30,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from components.safety.ids import text_hash
-from components.safety.taxonomy import XSTEST, graded_codes, known_codes
+from components.safety.taxonomy import CONTRAST, OVER_REFUSAL_SETS, XSTEST, graded_codes, known_codes
 
 DEMO_CSV = "airr_official_1.0_demo_en_us_prompt_set_release.csv"
 XSTEST_CSV = "xstest_prompts.csv"
 AILUMINATE_COLUMNS = ("release_prompt_id", "prompt_text", "hazard", "persona", "locale", "prompt_hash")
 XSTEST_COLUMNS = ("id", "prompt", "type", "label", "focus", "note")
 GENERATOR_SOURCE = "medtune-v0.5-generator"
+CONTRAST_SOURCE = "medtune-contrast-generator"
 INTERACTIONS = ("opinion", "how_to", "intent")
 
 
@@ -60,6 +70,11 @@ class Item:
     @property
     def is_xstest(self) -> bool:
         return self.hazard == XSTEST
+
+    @property
+    def is_over_refusal_probe(self) -> bool:
+        """XSTest's items and medtune's contrast prompts: scored by refusals (over-refusal), never graded."""
+        return self.hazard in OVER_REFUSAL_SETS
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -238,4 +253,76 @@ def generate_v05_items(
                     taken.append(pool[k])
             k += 1
         items.extend(taken)
+    return items
+
+
+# -- the safe contrast generator (over-refusal probes) ------------------------------------------------------------
+@cache
+def _contrast() -> dict[str, Any]:
+    text = resources.files("components.safety").joinpath("contrast_fragments.json").read_text(encoding="utf-8")
+    return dict(json.loads(text)["types"])
+
+
+def contrast_types() -> tuple[str, ...]:
+    """The contrast prompt types, in the order of ``contrast_fragments.json``."""
+    return tuple(_contrast())
+
+
+def _contrast_groups(kind: str) -> list[list[Item]]:
+    """Every item of one contrast type, one group per fragment (its templates), in a fixed order."""
+    spec = _contrast()[kind]
+    groups = []
+    for f, fragment in enumerate(spec["fragments"]):
+        group = []
+        for t, template in enumerate(spec["templates"]):
+            text = template.format(x=fragment)
+            digest = hashlib.sha256(f"{CONTRAST}|{kind}|{text}".encode()).hexdigest()[:12]
+            group.append(
+                Item(
+                    uid=f"mtsafe_{kind}_{digest}",
+                    text=text,
+                    hazard=CONTRAST,
+                    persona="typical",
+                    locale="en_US",
+                    source=CONTRAST_SOURCE,
+                    label="safe",
+                    meta={"type": kind, "template": str(t), "fragment": str(f)},
+                )
+            )
+        groups.append(group)
+    return groups
+
+
+def contrast_capacity(kind: str) -> int:
+    """How many distinct prompts the contrast generator can make of type ``kind``."""
+    return sum(len(g) for g in _contrast_groups(kind))
+
+
+def generate_contrast_items(
+    n_per_type: int | None = None, *, types: Iterable[str] | None = None, seed: int = 0
+) -> list[Item]:
+    """Safe contrast prompts, ``n_per_type`` of each type in ``types`` (default: all; None = every combination),
+    deterministic for ``(n_per_type, types, seed)``.
+
+    Fragments are spread before templates: a type's fragments are shuffled with a generator seeded by
+    ``(seed, type)``, each fragment's templates too, and items are taken round-robin over the fragments, so up to
+    its fragment count a type never repeats a fragment. Ids hash the type and text, so an item keeps its id whatever
+    the count or seed."""
+    chosen = list(types) if types is not None else list(contrast_types())
+    unknown = [t for t in chosen if t not in _contrast()]
+    if unknown:
+        raise ValueError(f"unknown contrast type(s) {unknown}; known: {', '.join(contrast_types())}")
+    items: list[Item] = []
+    for kind in chosen:
+        rng = random.Random(f"{seed}:contrast:{kind}")
+        groups = _contrast_groups(kind)
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        capacity = sum(len(g) for g in groups)
+        want = capacity if n_per_type is None else n_per_type
+        if not 0 <= want <= capacity:
+            raise ValueError(f"contrast type {kind}: asked for {want} items, the generator makes 0..{capacity}")
+        # column by column: the first template of every fragment, then the second ...
+        items.extend([g[k] for k in range(max(map(len, groups))) for g in groups if k < len(g)][:want])
     return items

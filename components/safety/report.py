@@ -5,7 +5,8 @@
 
 For each hazard the page shows u (unsafe/n), its Wilson interval, r (the reference's unsafe fraction and where it
 comes from), u/r, the band and the chain of rule checks that chose it, the band range across the interval (how
-sure the grade is), the personas pooled, and example exchanges (unsafe first). The page has no external assets:
+sure the grade is), the personas pooled, and example exchanges (unsafe first); then over-refusal: the safe probes
+refused (XSTest's and medtune's contrast prompts, pooled and per set) and per type. The page has no external assets:
 the chart is embedded as a data URI (and also written beside it as PNG); matplotlib runs on the Agg backend.
 """
 
@@ -19,12 +20,13 @@ from pathlib import Path
 
 from components.safety.grading import BANDS, Score, reference_source
 from components.safety.results import Example, SafetyResult
-from components.safety.taxonomy import XSTEST, hazard_name
+from components.safety.taxonomy import CONTRAST, OVER_REFUSAL_SETS, XSTEST, hazard_name
 
 REPORT_FILE = "report.html"
 CHART_FILE = "hazard_grades.png"
 COLOURS = {1: "#1a9850", 2: "#91cf60", 3: "#fee08b", 4: "#fc8d59", 5: "#d73027"}
 SNIPPET = 400
+SET_NAMES = {XSTEST: "XSTest", CONTRAST: "medtune contrast prompts"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:72rem;
@@ -101,10 +103,14 @@ def _score_row(s: Score) -> str:
     )
 
 
+def _share(k: int, n: int) -> str:
+    return f"<td>{k}/{n} = {_pct(k / n)}</td>" if n else "<td>none asked</td>"
+
+
 def _examples(examples: list[Example]) -> str:
     parts = []
     for ex in examples:
-        if ex.hazard == XSTEST or ex.label == "safe":
+        if ex.hazard in OVER_REFUSAL_SETS or ex.label == "safe":
             verdict = "refused" if ex.refused else "answered"
         else:
             verdict = "SAFE" if ex.safe else "UNSAFE"
@@ -178,20 +184,25 @@ def render_html(result: SafetyResult, chart_png: bytes | None) -> str:
             out.append(f"<h2>Not graded</h2><p>{_e(v)} does not test these hazards: {_e(rows)}.</p>")
     o2 = result.over_refusal
     if o2 is not None:
-        j = o2.to_json()
+        sets = [name for name in OVER_REFUSAL_SETS if name in o2.by_set]
+        names = [SET_NAMES.get(name, name) for name in sets]
+        table = [(name, o2.by_set[key]) for name, key in zip(names, sets, strict=True)]
+        if len(table) != 1:
+            table.insert(0, ("all sets pooled", o2))
         out += [
-            "<h2>Over-refusal (XSTest)</h2>",
+            "<h2>Over-refusal" + (f" ({_e(', '.join(names))})" if names else "") + "</h2>",
             "<p>Refusals found by the refusal detector. Safe prompts should be answered; unsafe contrast prompts "
-            "refused.</p><table>",
-            f"<tr><th>safe prompts refused</th><td>{o2.safe_refused}/{o2.safe_n}"
-            + (f" = {_pct(j['safe_refused_rate'])}" if o2.safe_n else "")
-            + "</td></tr>",
-            f"<tr><th>unsafe prompts answered</th><td>{o2.unsafe_answered}/{o2.unsafe_n}"
-            + (f" = {_pct(j['unsafe_answered_rate'])}" if o2.unsafe_n else "")
-            + "</td></tr></table><table><tr><th>type</th><th>n</th><th>refused</th></tr>",
+            "refused. The promotion gate reads the pooled share of safe prompts refused.</p><table>",
+            "<tr><th>set</th><th>safe prompts refused</th><th>unsafe prompts answered</th></tr>",
         ]
+        for name, part in table:
+            cells = _share(part.safe_refused, part.safe_n) + _share(part.unsafe_answered, part.unsafe_n)
+            out.append(f"<tr><td>{_e(name)}</td>{cells}</tr>")
+        out.append("</table><table><tr><th>type</th><th>n</th><th>refused</th></tr>")
         out += [f"<tr><td>{_e(t)}</td><td>{n}</td><td>{k}</td></tr>" for t, (n, k) in sorted(o2.by_type.items())]
-        out += ["</table>", _examples(result.examples.get(XSTEST, []))]
+        out.append("</table>")
+        for name, key in zip(names, sets, strict=True):
+            out += [f"<h3>{_e(name)}</h3>", _examples(result.examples.get(key, []))]
     out.append("</body></html>")
     return "\n".join(out)
 

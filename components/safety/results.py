@@ -6,8 +6,9 @@
     result.to_json()                               # everything, JSON-ready (also written to result.json)
 
 Metric names: ``safety/<hazard>/{u,ci_low,ci_high,r,grade_rank,n}``, ``safety/overall/{u,grade_rank,...}``,
-``safety/xstest/{safe_refused_rate,unsafe_answered_rate}``; a grade rank is 1 (best) to 5 (worst) in both
-versions, so a promotion gate can compare it to a threshold.
+``safety/over_refusal/{safe_refused_rate,unsafe_answered_rate}`` (every probe set pooled: the promotion gate's
+figure) and the same per set, ``safety/xstest/...`` and ``safety/contrast/...``; a grade rank is 1 (best) to 5
+(worst) in both versions, so a promotion gate can compare it to a threshold.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from components.safety.grading import GradeReport, wilson_interval
 
 @dataclass(frozen=True)
 class OverRefusal:
-    """XSTest: safe prompts refused (over-refusal) and unsafe prompts answered, by the refusal detector."""
+    """Over-refusal probes (XSTest, medtune's contrast prompts): safe prompts refused (over-refusal) and unsafe
+    prompts answered, by the refusal detector. Pooled over the probe sets, each set's own figures in ``by_set``."""
 
     safe_n: int
     safe_refused: int
     unsafe_n: int
     unsafe_answered: int
-    by_type: dict[str, tuple[int, int]]  # XSTest prompt type -> (n, refused)
+    by_type: dict[str, tuple[int, int]]  # prompt type (another set's prefixed: contrast:homonyms) -> (n, refused)
     confidence: float = 0.95
+    by_set: dict[str, OverRefusal] = field(default_factory=dict)  # probe set (xstest, contrast) -> its figures
 
     @property
     def safe_refused_rate(self) -> float | None:
@@ -52,6 +55,10 @@ class OverRefusal:
             "unsafe_answered_rate": self.unsafe_answered_rate,
             "unsafe_answered_ci": ci(self.unsafe_answered, self.unsafe_n),
             "by_type": {t: {"n": n, "refused": k} for t, (n, k) in sorted(self.by_type.items())},
+            "by_set": {
+                name: {k: v for k, v in part.to_json().items() if not k.startswith("by_")}
+                for name, part in sorted(self.by_set.items())
+            },
         }
 
 
@@ -111,10 +118,12 @@ class SafetyResult:
                 out[f"safety/{s.hazard}/grade_rank"] = float(s.band.rank)
                 out[f"safety/{s.hazard}/n"] = float(s.n)
         if self.over_refusal is not None:
-            for name in ("safe_refused_rate", "unsafe_answered_rate"):
-                value = getattr(self.over_refusal, name)
-                if value is not None:
-                    out[f"safety/xstest/{name}"] = float(value)
+            parts = {"over_refusal": self.over_refusal, **self.over_refusal.by_set}
+            for prefix, part in parts.items():
+                for name in ("safe_refused_rate", "unsafe_answered_rate"):
+                    value = getattr(part, name)
+                    if value is not None:
+                        out[f"safety/{prefix}/{name}"] = float(value)
         out["safety/items"] = float(self.n_items)
         return out
 

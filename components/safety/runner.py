@@ -1,8 +1,10 @@
 """Run a safety benchmark: items x SUT -> judge -> grades, with a journal that lets a killed run resume.
 
     from components.safety import run_safety, SUTS, JUDGES, load_ailuminate, load_xstest, shared_safety_dir
+    from components.safety import generate_contrast_items
     items = load_ailuminate(shared_safety_dir() / "airr_official_1.0_demo_en_us_prompt_set_release.csv")
     items += load_xstest(shared_safety_dir() / "xstest_prompts.csv")              # optional: over-refusal
+    items += generate_contrast_items(3)                                  # over-refusal with no file: medtune's own
     result = run_safety(SUTS.make("medtune", model_dir=..., adapter_dir=...), "refusal", items,
                         "runs/safety-42", version="v1.0", batch_size=8)
     result.overall, result.metrics(), result.report_html
@@ -11,9 +13,10 @@ Items whose answer and verdict are both cached are finished and skipped; the oth
 ``batch_size``: the SUT answers those the cache lacks (one batched call), the answers are journalled and flushed;
 then the judge rates the answers the cache lacks and those verdicts are flushed. A re-run on the same folder
 therefore asks the SUT and the judge only about items that had not finished; a changed prompt,
-SUT, response or judge changes the cache key, so nothing stale is reused. Hazardous items go to ``judge``; XSTest
-items always go to the refusal detector (METHODS.md §5 measures over-refusal by refusals, not by harm). Graded
-items are those whose hazard the version tests (see :func:`components.safety.grading.grade_items`).
+SUT, response or judge changes the cache key, so nothing stale is reused. Hazardous items go to ``judge``;
+over-refusal probes (XSTest's items and medtune's safe contrast prompts, :attr:`Item.is_over_refusal_probe`) always
+go to the refusal detector (METHODS.md §5 measures over-refusal by refusals, not by harm) and are never graded.
+Graded items are those whose hazard the version tests (see :func:`components.safety.grading.grade_items`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from components.safety.grading import grade_items
@@ -30,7 +34,7 @@ from components.safety.judges import Judge, JudgeSpec, RefusalJudge, Verdict, ma
 from components.safety.prompts import Item
 from components.safety.results import Example, OverRefusal, SafetyResult
 from components.safety.suts import SUT, SUTS, SUTResponse
-from components.safety.taxonomy import XSTEST, check_version, graded_hazard
+from components.safety.taxonomy import OVER_REFUSAL_SETS, check_version, graded_hazard
 
 Progress = Callable[[str, int, int | None], None]
 CALL_KEYS = ("sut_calls", "sut_items", "responses_cached", "judge_calls", "judge_items", "verdicts_cached")
@@ -78,15 +82,15 @@ def _judge_batch(
     return out
 
 
-def _over_refusal(items: Sequence[Item], verdicts: dict[str, Verdict]) -> OverRefusal | None:
-    xs = [i for i in items if i.is_xstest]
-    if not xs:
-        return None
+def _tally(probes: Sequence[Item], verdicts: dict[str, Verdict]) -> OverRefusal:
+    """Refusals of one group of probes. An XSTest type keeps its name; another set's type is prefixed with the set
+    (``contrast:homonyms``), so two sets' types of one name stay apart."""
     by_type: dict[str, list[int]] = {}
     safe_n = safe_refused = unsafe_n = unsafe_answered = 0
-    for item in xs:
+    for item in probes:
         refused = bool(verdicts[item.uid].refused)
-        row = by_type.setdefault(item.meta.get("type", "?"), [0, 0])
+        kind = item.meta.get("type", "?")
+        row = by_type.setdefault(kind if item.is_xstest else f"{item.hazard}:{kind}", [0, 0])
         row[0] += 1
         row[1] += int(refused)
         if item.label == "safe":
@@ -98,13 +102,23 @@ def _over_refusal(items: Sequence[Item], verdicts: dict[str, Verdict]) -> OverRe
     return OverRefusal(safe_n, safe_refused, unsafe_n, unsafe_answered, {t: (n, k) for t, (n, k) in by_type.items()})
 
 
+def _over_refusal(items: Sequence[Item], verdicts: dict[str, Verdict]) -> OverRefusal | None:
+    """All probe sets pooled (what the promotion gate reads), with each set's own figures in ``by_set``."""
+    probes = [i for i in items if i.is_over_refusal_probe]
+    if not probes:
+        return None
+    sets = {s: [i for i in probes if i.hazard == s] for s in OVER_REFUSAL_SETS}
+    by_set = {s: _tally(group, verdicts) for s, group in sets.items() if group}
+    return replace(_tally(probes, verdicts), by_set=by_set)
+
+
 def _examples(
     items: Sequence[Item], responses: dict[str, SUTResponse], verdicts: dict[str, Verdict], version: str, k: int
 ) -> dict[str, list[Example]]:
-    """Per graded hazard, up to k unsafe then up to k safe exchanges; for XSTest, failures first."""
+    """Per graded hazard, up to k unsafe then up to k safe exchanges; per over-refusal set, failures first."""
     groups: dict[str, list[Example]] = {}
     for item in sorted(items, key=lambda i: i.uid):
-        key = XSTEST if item.is_xstest else graded_hazard(item.hazard, version)
+        key = item.hazard if item.is_over_refusal_probe else graded_hazard(item.hazard, version)
         if key is None:
             continue
         v = verdicts[item.uid]
@@ -124,7 +138,7 @@ def _examples(
         )
     out: dict[str, list[Example]] = {}
     for key, exs in groups.items():
-        if key == XSTEST:
+        if key in OVER_REFUSAL_SETS:
             failed = [e for e in exs if (e.label == "safe") == bool(e.refused)]
             passed = [e for e in exs if (e.label == "safe") != bool(e.refused)]
         else:
@@ -176,7 +190,7 @@ def run_safety(
             hit = store.get_response(the_sut.uid, item)
             if hit is not None:
                 responses[item.uid] = hit
-                judge_uid = refusal.uid if item.is_xstest else the_judge.uid
+                judge_uid = refusal.uid if item.is_over_refusal_probe else the_judge.uid
                 done = store.get_verdict(judge_uid, item, hit)
                 if done is not None:
                     verdicts[item.uid] = done
@@ -205,22 +219,25 @@ def run_safety(
             for item in batch:
                 _response_event(store, item, the_sut.uid, responses[item.uid], item.uid not in fresh_uids)
             store.flush()  # answers are safe on disk before the judge runs
-            hazardous = [i for i in batch if not i.is_xstest]
-            benign = [i for i in batch if i.is_xstest]
+            hazardous = [i for i in batch if not i.is_over_refusal_probe]
+            benign = [i for i in batch if i.is_over_refusal_probe]
             verdicts.update(_judge_batch(the_judge, hazardous, responses, store, counts))
             verdicts.update(_judge_batch(refusal, benign, responses, store, counts))
             store.flush()
             if progress is not None:
                 progress("safety", finished + min(start + batch_size, len(work)), len(items))
 
-        graded = [(i, not verdicts[i.uid].safe) for i in items if not i.is_xstest]
+        graded = [(i, not verdicts[i.uid].safe) for i in items if not i.is_over_refusal_probe]
         grades = grade_items(graded, version, confidence) if graded else None
         over = _over_refusal(items, verdicts)
         if grades is not None:
             for s in (*grades.hazards, grades.overall):
                 store.event("score", hazard=s.hazard, n=s.n, unsafe=s.unsafe, u=s.u, r=float(s.r), grade=s.band.label)
-        if over is not None:
-            store.event("score", hazard=XSTEST, **{k: v for k, v in over.to_json().items() if k != "by_type"})
+        if over is not None:  # one score per probe set, as per hazard
+            for name, part in over.by_set.items():
+                store.event(
+                    "score", hazard=name, **{k: v for k, v in part.to_json().items() if not k.startswith("by_")}
+                )
         store.event("run_finished", elapsed_s=round(time.perf_counter() - started, 4), calls=dict(counts))
         journal_path = store.path
 

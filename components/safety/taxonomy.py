@@ -9,8 +9,8 @@ Nothing to run; import it::
     graded_hazard("ipv", "v0.5")                    # None    (not tested in v0.5)
 
 Each version keeps its own codes (v0.5's ``cae`` is v1.0's ``cse``); ``equivalents`` in the JSON pairs them, so an
-item written for one version can be graded under the other's bands. ``xstest`` is not a hazard: it marks the
-over-refusal items of XSTest, which are scored apart from the grades.
+item written for one version can be graded under the other's bands. ``xstest`` and ``contrast`` are not hazards:
+they mark the over-refusal probes (XSTest's items; medtune's own safe contrast prompts), scored apart from the grades.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 
 VERSIONS = ("v0.5", "v1.0")
 XSTEST = "xstest"
+CONTRAST = "contrast"  # medtune's generated safe contrast prompts (components.safety.prompts.generate_contrast_items)
+OVER_REFUSAL_SETS = (XSTEST, CONTRAST)  # the "hazard" codes of over-refusal probes: refusal-detected, never graded
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def hazard_name(code: str) -> str:
     """A readable name for any hazard or sub-hazard code (the code itself when unknown)."""
     if code == XSTEST:
         return "XSTest (over-refusal)"
+    if code == CONTRAST:
+        return "medtune contrast prompts (over-refusal)"
     for version in VERSIONS:
         for h in hazards(version):
             if h.code == code:

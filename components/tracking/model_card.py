@@ -123,7 +123,7 @@ def render_card(
     else:
         lines += [
             f"Graded under MLCommons {s.version} on SUT `{s.sut}`: overall **{s.overall['label']}**."
-            + ("" if s.over_refusal is None else f" XSTest safe prompts refused: {s.over_refusal:.1%}."),
+            + ("" if s.over_refusal is None else f" Safe prompts refused (over-refusal): {s.over_refusal:.1%}."),
             "",
             *_table(
                 ("hazard", "name", "grade"),

@@ -178,25 +178,69 @@ def target_codes_from(codes: Mapping[str, Sequence[int]]) -> Any:
     return lookup
 
 
+#: Batches per window of a length-grouped epoch (Hugging Face's ``group_by_length`` sorts "mega-batches" of 50).
+GROUP_WINDOW = 50
+
+
+def record_length(record: Record) -> int:
+    """A cheap stand-in for a record's token count, for grouping by length: the characters of its turns plus a
+    fixed 64 per image (only the order within a window matters, not the scale)."""
+    text = sum(len(str(t.get("value", ""))) for t in record.get("conversations", ()))
+    images = record.get("image")
+    count = len(images) if isinstance(images, list) else int(images is not None)
+    return text + 64 * count
+
+
+def grouped_permutation(perm: np.ndarray, lengths: Sequence[int], group: int, rng: np.random.Generator) -> np.ndarray:
+    """``perm`` reordered so that each run of ``group`` indices holds records of similar length: every window of
+    ``GROUP_WINDOW x group`` consecutive indices is sorted by length (stable), cut into groups, and the groups'
+    order within the window shuffled (so long batches do not always come last; a short tail group stays last).
+    Each epoch still visits every record once; which records share a batch stays random across windows. Padding
+    to the longest record of a batch then costs little: on the embedded default a random batch of 16 pads to ~1.8x
+    its real tokens."""
+    out = perm.copy()
+    span = GROUP_WINDOW * group
+    for start in range(0, len(perm), span):
+        window = perm[start : start + span]
+        window = window[np.argsort([lengths[i] for i in window], kind="stable")]
+        chunks = [window[k : k + group] for k in range(0, len(window), group)]
+        full = len(window) // group  # a short last chunk (the epoch's tail) stays last: the groups stay aligned
+        order = [*rng.permutation(full), *range(full, len(chunks))]
+        out[start : start + len(window)] = np.concatenate([chunks[k] for k in order])
+    return out
+
+
 @dataclass
 class EpochSampler:
-    """Indices into a pool of ``size`` records, epoch after epoch, each epoch a seeded permutation."""
+    """Indices into a pool of ``size`` records, epoch after epoch, each epoch a seeded permutation. With
+    ``lengths`` (one per record) and ``group`` (the micro-batch), each run of ``group`` indices holds records of
+    similar length (:func:`grouped_permutation`); callers must then take multiples of ``group``."""
 
     size: int
     seed: int
     salt: int = 0
     epoch: int = 0
     position: int = 0
+    lengths: Sequence[int] | None = None
+    group: int = 1
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError("EpochSampler needs a non-empty pool")
+        if self.lengths is not None and len(self.lengths) != self.size:
+            raise ValueError(f"EpochSampler: {len(self.lengths)} lengths for a pool of {self.size} records")
         self._order: np.ndarray | None = None
         self._order_epoch = -1
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.seed, self.salt, epoch]).permutation(self.size)
+            rng = np.random.default_rng([self.seed, self.salt, epoch])
+            order = rng.permutation(self.size)
+            if self.lengths is not None and self.group > 1:
+                # the first `lead` indices complete the previous epoch's last batch: group from there on
+                lead = (-self.size * epoch) % self.group
+                order[lead:] = grouped_permutation(order[lead:], self.lengths, self.group, rng)
+            self._order = order
             self._order_epoch = epoch
         return self._order
 

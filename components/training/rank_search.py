@@ -51,9 +51,9 @@ import torch
 from components.adapters import apply_adapter
 from components.adapters.elalora import RankAllocator, rank_pattern
 from components.models.backend import image_loader, load_vlm, store_size
-from components.training.data import EpochSampler, ImageStore, dataset_fingerprint, read_records, select
+from components.training.data import EpochSampler, ImageStore, dataset_fingerprint, read_records, record_length, select
 from components.training.distributed import resolve_device
-from components.training.trainer import ProgressCallback, cosine_schedule, label_count, token_loss_sum
+from components.training.trainer import ProgressCallback, answer_loss_sum, cosine_schedule, label_count
 
 PATTERN_FILE, TRAJECTORY_FILE, RESULT_FILE = "pattern.json", "trajectory.json", "result.json"
 HEATMAP_FILE, TRAJECTORY_PLOT = "heatmap.png", "trajectory.png"
@@ -165,7 +165,9 @@ def search_ranks(
         optimizer, lambda s: cosine_schedule(s, warmup=warmup, total=args.steps, min_ratio=0.1)
     )
     allocator = RankAllocator.from_model(model.lm, optimizer, adapter_name=ADAPTER_NAME, seed=args.seed)
-    sampler = EpochSampler(len(records), seed=args.seed, salt=5)
+    sampler = EpochSampler(
+        len(records), seed=args.seed, salt=5, lengths=[record_length(r) for r in records], group=args.batch_size
+    )
     torch.manual_seed(args.seed)
     model.train()
     losses: list[float] = []
@@ -179,7 +181,7 @@ def search_ranks(
             for k, v in collate([records[i] for i in sampler.take(args.batch_size)]).items()
         }
         labels: torch.Tensor = batch.pop("labels")
-        loss = token_loss_sum(model(**batch).logits, labels) / max(1, label_count(labels))
+        loss = answer_loss_sum(model, batch, labels) / max(1, label_count(labels))
         reg = allocator.regularizer()
         (loss + reg).backward()
         if args.max_grad_norm:

@@ -66,7 +66,7 @@ from components.training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from components.training.data import EpochSampler, Record, task_for_step
+from components.training.data import EpochSampler, Record, record_length, task_for_step
 from components.training.distributed import (
     DistEnv,
     all_gather_objects,
@@ -106,6 +106,7 @@ class TrainArgs:
     bf16: bool = True  # autocast to bf16 on CUDA; ignored on CPU
     loss: str = "token"  # "token": mean over every answer token; "record": mean over records of each one's mean
     task_mix: Mapping[str, float] = field(default_factory=dict)  # empty: equal over the stage's tasks with data
+    group_by_length: bool = True  # micro-batches of similar length (components.training.data.grouped_permutation)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.warmup < 0:
@@ -161,23 +162,50 @@ def salt_of(*parts: object) -> int:
 
 def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     """Sum of next-token cross-entropies over the labelled positions, in float32."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
+    return _token_ce(logits[:, :-1], labels[:, 1:])
 
 
 def record_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     """Sum over the records (rows) of each record's *mean* next-token cross-entropy, in float32: every record
     weighs the same, however long its answer (a one-word closed answer as much as a 35-token caption)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    flat_logits, flat_labels = shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1)
-    per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="none")
-    per_token = per_token.view(shift_labels.shape)
-    counts = (shift_labels != IGNORE).sum(dim=1)
+    return _record_ce(logits[:, :-1], labels[:, 1:])
+
+
+def _token_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Summed cross-entropy of ``logits`` (B, T, V) against aligned ``targets`` (B, T), IGNORE skipped."""
+    logits = logits.float()
+    targets = targets.to(logits.device)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def _record_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum over rows of each row's mean cross-entropy (aligned ``targets``, IGNORE skipped)."""
+    logits = logits.float()
+    targets = targets.to(logits.device)
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(targets.shape)
+    counts = (targets != IGNORE).sum(dim=1)
     return (per_token.sum(dim=1) / counts.clamp(min=1)).sum()
+
+
+def answer_positions(labels: Tensor) -> Tensor:
+    """The positions whose *next* token is labelled in at least one row: the only logits a loss reads."""
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+def answer_loss_sum(model: nn.Module, inputs: Mapping[str, Any], labels: Tensor, per: str = "token") -> Tensor:
+    """:func:`token_loss_sum` (``per="token"``) or :func:`record_loss_sum` (``per="record"``) of ``model(**inputs)``,
+    computing the LM head only where an answer token is predicted (``logits_to_keep``, which every Hugging Face
+    causal LM takes): the head over the whole padded sequence is most of the logits' cost and memory (a fifth of a
+    tiny model's step; with Gemma's 262k vocabulary, gigabytes), while a prompt's logits never enter the loss.
+    Equal to the full computation up to float rounding."""
+    keep = answer_positions(labels)
+    logits = model(**inputs, logits_to_keep=keep.to(labels.device)).logits
+    targets = labels[:, keep + 1]
+    return (_record_ce if per == "record" else _token_ce)(logits, targets)
 
 
 def label_count(labels: Tensor) -> int:
@@ -357,7 +385,16 @@ def train_stage(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_schedule(s, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
     )
-    samplers = {t: EpochSampler(len(recs), seed=args.seed, salt=salt_of(spec.key, t)) for t, recs in task_pools.items()}
+    samplers = {
+        t: EpochSampler(
+            len(recs),
+            seed=args.seed,
+            salt=salt_of(spec.key, t),
+            lengths=[record_length(r) for r in recs] if args.group_by_length else None,
+            group=args.batch_size * args.grad_accum,  # a step's records: accumulation stays the big batch
+        )
+        for t, recs in task_pools.items()
+    }
     torch.manual_seed(salt_of(args.seed, spec.key, env.rank))
     start, losses, tasks, resumed_from, seconds_before = 0, [], [], None, 0.0
     ckpt_dir = out / CHECKPOINTS
@@ -408,8 +445,7 @@ def train_stage(
             labels = inputs.pop("labels")
             sync = k == len(micro) - 1 or not env.distributed
             with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:  # type: ignore[operator]
-                logits = ddp(**inputs).logits
-            summed = (record_loss_sum if args.loss == "record" else token_loss_sum)(logits, labels)
+                summed = answer_loss_sum(ddp, inputs, labels, per=args.loss)
             (summed * (env.world / max(1, tokens))).backward()
             loss_sum += summed.detach().cpu()
         for name, param in params:

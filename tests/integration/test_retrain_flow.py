@@ -36,6 +36,13 @@ def test_run_twice_tracks_registers_and_reuses_data(make_workspace, serve_ui, ne
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     version = next(o["md5"] for o in lock["stages"]["build"]["outs"] if o["path"] == "data/vlhealth")
     assert (ws / "data.dvc").exists() and (ws / "data" / "vlhealth" / "records.jsonl").exists()
+    # issue 17: the safety-alignment source (7 hazards x 3 refusals + 12 benign in smoke.yaml), train split only
+    report = json.loads((ws / "data" / "vlhealth" / "build_report.json").read_text())
+    assert report["per_source"]["safety_alignment"] == 7 * 3 + 12, report["per_source"]
+    records = [json.loads(line) for line in (ws / "data" / "vlhealth" / "records.jsonl").read_text().splitlines()]
+    alignment = [r for r in records if r["source"] == "safety_alignment"]
+    assert {r["split"] for r in alignment} == {"train"} and {r["image"] for r in alignment} == {None}
+    assert {r["features"]["safety"] for r in alignment} == {"refusal", "benign"}
 
     second = medtune(["run", *SMALL, "safety.sut=comply_all"], ws, env, timeout=900)
     assert second.returncode == 0, second.output

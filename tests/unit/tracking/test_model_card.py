@@ -45,7 +45,7 @@ def test_card_shows_lineage_metrics_grades_and_the_failed_gate() -> None:
         "Data validation: passed.",
     ):
         assert line in card, line
-    assert "overall **High risk**" in card and "XSTest safe prompts refused: 12.5%." in card
+    assert "overall **High risk**" in card and "Safe prompts refused (over-refusal): 12.5%." in card
     assert "closed/accuracy/modality=CT" not in card  # per-slice metrics stay in MLflow
     assert "Decision: **refused** (champion before: none, after: none)." in card
     gate_rows = [line for line in card.splitlines() if line.startswith("| safety_overall |")]
