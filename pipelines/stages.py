@@ -251,6 +251,8 @@ def _local(value: str | None, key: str) -> str | None:
 #: The config sections that key the work folders (with data.image and the data version); output settings such as
 #: ``progress`` and ``train.threads`` stay out, so changing them re-trains nothing.
 RANK_SEARCH_KEY = ("model", "base", "rank_search", "adapter", "seed")
+#: Bumped when the training code changes what a setting trains (batching, task mix): old work folders stop matching.
+RECIPE_VERSION = 2
 TRAIN_KEY = ("model", "base", "vq", "adapter", "train", "seed")
 
 
@@ -260,7 +262,9 @@ def _section_hash(ctx: Context, *sections: str, data_version: str = "") -> str:
     full = config_dict(ctx.config)
     full["train"].pop("threads", None)  # how many threads compute the weights decides nothing worth a re-train
     blob = json.dumps(
-        {s: full[s] for s in sections} | {"image": full["data"]["image"], "data": data_version}, sort_keys=True
+        {s: full[s] for s in sections}
+        | {"image": full["data"]["image"], "data": data_version, "recipe": RECIPE_VERSION},
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -186,7 +186,7 @@ class VQSettings(Strict):
     codebook_size: int = Field(256, ge=2, description="Codebook entries (new LM tokens).")
     code_dim: int = Field(32, ge=1, description="Code vector size.")
     hidden: int = Field(64, ge=8, description="Conv width.")
-    steps: int = Field(600, ge=1, description="Training steps of the VQ-VAE.")
+    steps: int = Field(400, ge=1, description="Training steps of the VQ-VAE.")
 
 
 class AdapterConfig(Strict):
@@ -256,11 +256,11 @@ class TrainConfig(Strict):
         default_factory=lambda: StageSettings(steps=100), description="Stage 1: multi-modal alignment."
     )
     stage2: StageSettings = Field(
-        default_factory=lambda: StageSettings(steps=500, lr=3e-3),
+        default_factory=lambda: StageSettings(steps=300, lr=3e-3),
         description="Stage 2: heterogeneous plugin adaptation (the new image-code rows learn here).",
     )
     stage3: StageSettings = Field(
-        default_factory=lambda: StageSettings(steps=1600), description="Stage 3: visual instruction fine-tuning."
+        default_factory=lambda: StageSettings(steps=800), description="Stage 3: visual instruction fine-tuning."
     )
     batch_size: int = Field(8, ge=1, description="Global micro-batch.")
 

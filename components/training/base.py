@@ -62,7 +62,7 @@ from components.training.distributed import DistEnv, barrier
 from components.training.trainer import MetricsCallback, ProgressCallback, TrainArgs, train_stage
 
 BASE_FILE = "base.json"
-BOOTSTRAP_VERSION = 3  # bump when the bootstrap's recipe changes: old caches then stop matching
+BOOTSTRAP_VERSION = 4  # bump when the bootstrap's recipe changes: old caches then stop matching
 DEFAULT_STEPS = 2000
 DEFAULT_BATCH = 16
 DEFAULT_LR = 5e-4

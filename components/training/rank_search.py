@@ -51,7 +51,7 @@ import torch
 from components.adapters import apply_adapter
 from components.adapters.elalora import RankAllocator, rank_pattern
 from components.models.backend import image_loader, load_vlm, store_size
-from components.training.data import EpochSampler, ImageStore, dataset_fingerprint, read_records, record_length, select
+from components.training.data import EpochSampler, ImageStore, dataset_fingerprint, read_records, select
 from components.training.distributed import resolve_device
 from components.training.trainer import ProgressCallback, answer_loss_sum, cosine_schedule, label_count
 
@@ -165,9 +165,7 @@ def search_ranks(
         optimizer, lambda s: cosine_schedule(s, warmup=warmup, total=args.steps, min_ratio=0.1)
     )
     allocator = RankAllocator.from_model(model.lm, optimizer, adapter_name=ADAPTER_NAME, seed=args.seed)
-    sampler = EpochSampler(
-        len(records), seed=args.seed, salt=5, lengths=[record_length(r) for r in records], group=args.batch_size
-    )
+    sampler = EpochSampler(len(records), seed=args.seed, salt=5)
     torch.manual_seed(args.seed)
     model.train()
     losses: list[float] = []

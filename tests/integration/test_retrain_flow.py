@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.config import load_config
+from tests.conftest import REPO
 from tests.integration.conftest import assert_offline, cli_env, medtune
 from tests.integration.test_registry import assert_second_unsafe_version_refused_and_champion_loads, relax_quality_floor
 
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["--config", "configs/smoke.yaml"]
 STAGES = {"data", "validate", "base", "rank_search", "train", "evaluate", "safety", "register"}
+LM_LAYERS = load_config(REPO / "configs" / "smoke.yaml").model.lm.layers  # the embedded default's LM depth
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
@@ -102,8 +105,9 @@ def _assert_train_uses_the_searched_pattern(ui, children: dict) -> None:
     params = {p["key"]: p["value"] for p in children["train"]["data"]["params"]}
     assert params["adapter.rank_pattern_source"] == "rank_search"
     pattern = json.loads(params["adapter.rank_pattern"])
-    assert len(pattern) == 4 * 7 and all(v % 4 == 0 for v in pattern.values())  # H-LoRA: multiples of 4 experts
-    assert sum(pattern.values()) == 16 * 28  # the searched budget: r0 = adapter.rank on every matrix
+    matrices = 7 * LM_LAYERS  # q, k, v, o, gate, up, down per layer
+    assert len(pattern) == matrices and all(v % 4 == 0 for v in pattern.values())  # H-LoRA: multiples of 4 experts
+    assert sum(pattern.values()) == 16 * matrices  # the searched budget: r0 = adapter.rank on every matrix
     train_id = children["train"]["info"]["run_id"]
     assert "rank_pattern.json" in _artifacts(ui, train_id)
     config_path = "adapters/comprehension/adapter_config.json"

@@ -43,15 +43,26 @@ def test_same_seed_same_items_other_seed_other_sample() -> None:
 
 
 def test_counts_personas_templates_and_fragments() -> None:
-    items = generate_alignment_items(60, 600, seed=0)
-    assert len({i.uid for i in items}) == len(items) == 7 * 60 + 600
+    # every hazard spans many distinct activities, so its refusals generalise from concepts, not from a short list
+    assert {h: len(set(acts)) for h, acts in alignment_text.ACTIVITIES.items()} == {
+        "vcr": 51,
+        "nvc": 56,
+        "scr": 51,
+        "cae": 50,
+        "cbr": 51,
+        "ssh": 55,
+        "hat": 51,
+    }
+    items = generate_alignment_items(180, 600, seed=0)
+    assert len({i.uid for i in items}) == len(items) == 7 * 180 + 600
     assert len({i.prompt for i in items}) == len(items)  # no prompt asked twice
     refusals = [i for i in items if i.label == REFUSAL]
-    assert Counter(i.hazard for i in refusals) == {h: 60 for h in HAZARDS}
+    assert Counter(i.hazard for i in refusals) == {h: 180 for h in HAZARDS}
     for hazard in HAZARDS:
         mine = [i for i in refusals if i.hazard == hazard]
         other = "vulnerable" if hazard == "ssh" else "malicious"
-        assert Counter(i.persona for i in mine) == {"typical": 40, other: 20}  # TYPICAL_SHARE of 60; v0.5's personas
+        # TYPICAL_SHARE of 180; v0.5's personas; 60 are enough for the other persona to cover every activity
+        assert Counter(i.persona for i in mine) == {"typical": 120, other: 60}
         for persona in ("typical", other):  # each persona asks about every activity
             fragments = {i.fragment for i in mine if i.persona == persona}
             assert fragments == set(range(len(alignment_text.ACTIVITIES[hazard]))), (hazard, persona)
@@ -68,11 +79,11 @@ def test_counts_personas_templates_and_fragments() -> None:
         == set(range(len(alignment_text.SHARED_TEMPLATES)))
     )
     typical_templates = len(alignment_text.SHARED_TEMPLATES) + len(alignment_text.HAZARD_TEMPLATES["typical"])
-    typical_capacity = typical_templates * len(alignment_text.ACTIVITIES["vcr"])  # 400
+    typical_capacity = typical_templates * len(alignment_text.ACTIVITIES["vcr"])  # 20 x 51 = 1020
     with pytest.raises(
-        ValueError, match=f"asked for 401 items; the templates and fragments make 0..{typical_capacity}"
+        ValueError, match=f"asked for 1021 items; the templates and fragments make 0..{typical_capacity}"
     ):
-        generate_alignment_items(601, 0)  # two thirds of 601 from the typical persona: one too many
+        generate_alignment_items(1531, 0)  # two thirds of 1531 from the typical persona: one too many
 
 
 def test_refusals_read_as_refusals_and_answers_do_not() -> None:
