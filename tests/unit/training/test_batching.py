@@ -90,3 +90,16 @@ def test_answer_only_logits_give_the_full_loss_and_gradient(per: str) -> None:
     for name, grad in grads.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-6)
     assert np.isfinite(float(kept.detach()))
+
+
+def test_text_only_records_get_batches_of_their_own() -> None:
+    from components.training.trainer import _text_only_apart
+
+    records = [{"image": "a.png"}] * 300 + [{"image": None}] * 60
+    keys = _text_only_apart(records)
+    assert keys is not None and sum(keys) == 60
+    assert _text_only_apart([{"image": "a.png"}] * 5) is None  # one kind: plain random batches
+    sampler = EpochSampler(len(records), seed=0, lengths=keys, group=8)
+    batches = [[keys[i] for i in sampler.take(8)] for _ in range(45)]  # one epoch
+    mixed = [b for b in batches if len(set(b)) > 1]
+    assert len(mixed) <= 1 and sum(sum(b) == 8 for b in batches) >= 6  # 60 text-only records: 7 batches of 8, 1 mixed
