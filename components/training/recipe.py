@@ -23,7 +23,8 @@ with a copy of the VQ tokenizer, and (``evaluate=True``) scores it on the test s
 Measured on the embedded default (400 phantom subjects, 2 CPU cores, 2 threads; a fresh clone's `make run`, 5 m 40 s
 after the venv): base 173 s (vision warm-up ~40 s), stages 1-3 154 s. Test split (40 held-out subjects): closed
 accuracy 0.927 (majority baselines 0.493 per question type, 0.528 per template), CT->MRI SSIM 0.465 (copy-the-input
-0.047). See benchmarks/README.md, "Phantom closed questions".
+0.047). See benchmarks/README.md, "Phantom closed questions". Issue 17's schedule (stages 300 + 800 steps, VQ 400):
+train 116 s, `make run` 394 s on a 90-105 GFLOP/s-per-core machine (benchmarks/README.md, "The main job").
 
 Defaults (tuned on the embedded default, 2 CPU cores; see :data:`DEFAULT_STAGE_STEPS`): METHODS.md's learning rate
 2e-4 is for a pretrained 3.8B LM; the tiny LM here trains its plugins and projectors at 1e-3 and stage 2's embedding
@@ -84,7 +85,7 @@ RecipeProgress = Callable[[str, int, int, float | None], None]
 #: (64 codes per answer, learned from scratch); stage 3 then trains each plugin on its own task, half and half.
 #: Issue 17 (the 5-minute main job) cut 500 + 1,600 steps to 300 + 800 with stage 3 from 30/70 to 50/50: on the
 #: embedded default the base answers the closed questions (0.949 alone) and stage 3 kept, not raised, that figure
-#: (0.940 after the longer schedule), while generation went from 1,470 to 610 steps (CT->MRI SSIM 0.47 -> ~0.42).
+#: (0.940 after the longer schedule), while generation went from 1,470 to 610 steps (CT->MRI SSIM 0.47 -> 0.41).
 DEFAULT_STAGE_STEPS: dict[StageKey, int] = {1: 100, 2: 300, 3: 800}
 DEFAULT_STAGE_LR: dict[StageKey, float] = {1: 1e-3, 2: 3e-3, 3: 1e-3, "mixed": 2e-3}
 _GEN_HEAVY = {"comprehension": 0.3, "generation": 0.7}
