@@ -29,24 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from byo_vlm import per_core_gflops  # the same per-core figure as the family benchmark (a sibling script)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
-_CALIBRATION = (torch.randn(512, 512, generator=torch.Generator().manual_seed(0)),) * 2
-
-
-def per_core_gflops() -> float:
-    """GFLOP/s of one single-thread float32 512 x 512 x 512 matmul (best of 5): this core's speed right now."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        torch.mm(*_CALIBRATION)
-        best = min(best, time.perf_counter() - start)
-    torch.set_num_threads(threads)
-    return 2 * 512**3 / best / 1e9
 
 
 def stage_seconds(workspace: Path) -> dict[str, float]:
