@@ -21,33 +21,59 @@ from pipelines.cli_common import (
 data_app = typer.Typer(help="Build, validate and version the VL-Health dataset.", no_args_is_help=True)
 
 
+@data_app.command("ingest")
+def data_ingest(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option(help="Re-ingest even when the intake is unchanged.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """De-identify the intake area (data.intake) into the raw tree: headers (PS3.15 basic profile), file names
+    (keyed pseudonyms) and burned-in text (data.deid.burned_in). Identified files never leave the intake."""
+    ctx = load_context(config, overrides)
+    from components.data.sources import DataError
+    from pipelines.stages import ingest_intake
+
+    with progress_bars(progress) as report_progress:
+        try:
+            report = ingest_intake(ctx, console.print, progress=report_progress, force=force)
+        except DataError as e:
+            raise fail(1, f"data ingest failed: {e}") from None
+        except ValueError as e:  # the key: too short, unreadable
+            raise fail(2, f"config error: data.deid: {e}") from None
+    if not report["sources"] and not report["skipped"]:
+        console.print(f"nothing to ingest: no DICOM source has an intake folder under {ctx.config.data.intake}")
+
+
 @data_app.command("build")
 def data_build(
     config: ConfigOpt = None,
     overrides: Overrides = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: data.out of the config).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ingest: Annotated[
+        bool, typer.Option(help="Ingest the intake area first (off when DVC runs the build: raw is its input).")
+    ] = True,
 ) -> None:
     """Build VL-Health from the configured sources into the output folder (atomically)."""
     ctx = load_context(config, overrides)
     from components.data.build import build_dataset
     from components.data.deid import load_deid_key
+    from components.data.intake import MAP_FILE
     from components.data.sources import DataError
 
     cfg = ctx.config.data
     target = out or ctx.path(cfg.out)
-    raw = ctx.path(cfg.raw)
-    if not raw.exists():  # a fresh workspace: the embedded default's raw data (`medtune data pull` gets a team's)
-        from components.data.samples import materialize_embedded_raw
-
-        placed = materialize_embedded_raw(raw)
-        console.print(f"{cfg.raw} was missing: placed {len(placed)} embedded sample files there")
     try:
         key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
     except ValueError as e:
         raise fail(2, f"config error: data.deid: {e}") from None
     with progress_bars(progress) as report_progress:
         try:
+            if ingest:
+                from pipelines.stages import ingest_intake
+
+                ingest_intake(ctx, console.print, progress=report_progress)
             report = build_dataset(
                 dict(cfg.sources),
                 target,
@@ -64,6 +90,9 @@ def data_build(
                 progress=report_progress,
                 max_date_shift_days=cfg.deid.max_date_shift_days,
                 safety_prompts=[ctx.path(p) for p in cfg.safety_prompts],
+                min_records=ctx.config.validate_.min_records,
+                on_official_conflict=cfg.on_official_conflict,
+                pseudonym_map=ctx.state.secrets / MAP_FILE,
             )
         except DataError as e:
             raise fail(1, f"data build failed: {e}") from None

@@ -153,8 +153,11 @@ def code_hash(*parts: str) -> str:
 def write_params(ctx: Context) -> Path:
     """Write the resolved config to params.yaml (atomically) for DVC: stages take their params from it."""
     data: dict[str, Any] = config_dict(ctx.config)
+    from components.data.build import external_inputs_hash
+
     data[CODE_KEY] = {
         "build": code_hash("components/data"),
+        "sources": external_inputs_hash(dict(ctx.config.data.sources), ctx.workspace, ctx.path(ctx.config.data.raw)),
         "validate": code_hash("components/validation", "components/data/records.py", "components/data/phi.py"),
     }
     target = ctx.workspace / PARAMS_FILE

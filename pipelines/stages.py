@@ -46,15 +46,67 @@ def stage_progress(ctx: Context, stage: str, echo: Echo) -> contextlib.AbstractC
     return progress(stage, echo, every_seconds=ctx.config.progress.every_seconds, enabled=echo is not quiet)
 
 
-def prepare_raw(ctx: Context, echo: Echo = quiet) -> dict[str, Any]:
-    """Make sure ``data/raw`` is present and recorded in data.dvc; return its version.
+def ingest_intake(ctx: Context, echo: Echo = quiet, *, progress: Any = None, force: bool = False) -> dict[str, Any]:
+    """De-identify the intake area into the raw tree (:mod:`components.data.intake`) and check that every DICOM
+    source folder in the raw tree holds de-identified files only; returns the ingest report as a dict.
 
-    A fresh clone has data.dvc but no data/raw: it is pulled from the DVC remote, and if the remote does not have
-    it (a new machine), the embedded default's raw data (pydicom's real sample DICOM files, byte-identical on
-    every machine with the pinned packages) is put in place. New data landing in data/raw is recorded with
-    ``dvc add`` so the next build sees a new raw version.
+    A fresh workspace (no raw tree, no intake) gets the embedded default's files — pydicom's real sample DICOMs,
+    which carry names and ids — in the intake area, where any hospital's files would arrive. Every message
+    names files by their path pseudonyms. Raises DataError (the data stage turns it into a failed stage).
     """
-    from components.data.samples import materialize_embedded_raw
+    from components.data.deid import load_deid_key
+    from components.data.intake import ingest, intake_folders, raise_if_identified
+    from components.data.samples import materialize_embedded
+
+    cfg = ctx.config.data
+    key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
+    if not ctx.path(cfg.raw).exists() and not (ctx.path(cfg.intake) / "dicom").exists():
+        placed = materialize_embedded(ctx.path(cfg.intake))
+        echo(f"intake: placed {len(placed)} embedded sample files (identified, as published) in {cfg.intake}/dicom")
+    report = ingest(
+        dict(cfg.sources),
+        workspace=ctx.workspace,
+        raw=cfg.raw,
+        intake=cfg.intake,
+        key=key,
+        secrets=ctx.state.secrets,
+        stamps=ctx.state.root / "intake",
+        burned_in=cfg.deid.burned_in,
+        max_date_shift_days=cfg.deid.max_date_shift_days,
+        progress=progress,
+        force=force,
+    )
+    for name, counts in report.sources.items():
+        echo(
+            f"intake: {name}: de-identified {counts['written']} of {counts['files']} files into its raw folder "
+            f"({counts['checked']} checked for burned-in text, {counts['masked']} masked, "
+            f"{counts['quarantined']} quarantined)"
+        )
+    for name in report.skipped:
+        echo(f"intake: {name}: unchanged since the last ingest")
+    for item in report.quarantined:
+        echo(f"intake: quarantined {item['key']}: {item['reason'].removeprefix(item['key'] + ': ')}")
+    for name, (_, dest) in intake_folders(dict(cfg.sources), ctx.workspace, cfg.raw, cfg.intake).items():
+        if dest.is_dir():
+            root = ctx.workspace.resolve()
+            shown = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else name
+            raise_if_identified(dest, shown, key, cfg.intake)
+    data = report.to_json()
+    target = ctx.path(REPORTS) / "intake_report.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return data
+
+
+def prepare_raw(ctx: Context, echo: Echo = quiet) -> dict[str, Any]:
+    """Make sure ``data/raw`` is present, de-identified and recorded in data.dvc; return its version.
+
+    A fresh clone has data.dvc but no data/raw: it is pulled from the DVC remote. Then the intake area is
+    ingested (:func:`ingest_intake`; on a new machine the embedded default's files arrive there first). New data
+    in data/raw is recorded with ``dvc commit`` so the next build sees a new raw version; identified files never
+    get that far.
+    """
+    from components.data.sources import DataError
 
     ensure_repo(ctx.workspace, ctx.state)
     raw = ctx.path(ctx.config.data.raw)
@@ -63,9 +115,11 @@ def prepare_raw(ctx: Context, echo: Echo = quiet) -> dict[str, Any]:
         pulled = dvc(ctx.workspace, "pull", RAW_DVC_FILE, check=False)
         if pulled.returncode == 0 and raw.exists():
             echo(f"raw data: pulled {ctx.config.data.raw} from the DVC remote")
-    if not raw.exists():
-        files = materialize_embedded_raw(raw)
-        echo(f"raw data: placed {len(files)} embedded sample files in {ctx.config.data.raw}")
+    try:
+        intake = ingest_intake(ctx, echo)
+    except DataError as e:
+        raise StageFailed("data", str(e)) from None
+    raw.mkdir(parents=True, exist_ok=True)
     before = tracked_hash(ctx.workspace, RAW_DVC_FILE)
     status = dvc(ctx.workspace, "status", RAW_DVC_FILE, check=False)
     changed = before is None or "changed" in status.output or "modified" in status.output
@@ -76,7 +130,7 @@ def prepare_raw(ctx: Context, echo: Echo = quiet) -> dict[str, Any]:
     version = tracked_hash(ctx.workspace, RAW_DVC_FILE)
     if changed and before != version:
         echo(f"raw data: recorded version {version} in {RAW_DVC_FILE} (was {before})")
-    return {"raw_version": version, "raw_changed": changed and before != version}
+    return {"raw_version": version, "raw_changed": changed and before != version, "intake": intake}
 
 
 def data_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, Any]:
@@ -100,6 +154,18 @@ def data_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, Any]:
             echo(f"data: warning, dvc push to remote '{remote}' failed; the data stays in the local DVC cache")
         report_path = ctx.path(out) / "build_report.json"
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        ingested = list(raw["intake"]["sources"].values())
+        session.log_metrics(
+            run_id,
+            {
+                "intake.files": float(sum(c["written"] for c in ingested)),
+                "intake.masked": float(sum(c["masked"] for c in ingested)),
+                "intake.quarantined": float(len(raw["intake"]["quarantined"])),
+            },
+        )
+        intake_report = ctx.path(REPORTS) / "intake_report.json"
+        if intake_report.exists():
+            session.log_artifact(run_id, intake_report)
         session.set_tags(
             run_id, {"data_version": version, "raw_version": str(raw["raw_version"]), "dvc.reused": str(reused).lower()}
         )

@@ -61,10 +61,21 @@ class DeidConfig(Strict):
     max_date_shift_days: int = Field(
         365, ge=1, description="Dates are shifted by a per-patient offset of up to this many days."
     )
+    burned_in: Literal["mask", "quarantine"] = Field(
+        "mask",
+        description="Text found burned into the pixels of an intake image that may carry it (PS3.15 Clean Pixel "
+        "Data option: BurnedInAnnotation YES, or absent for US, secondary capture, OT ...): masked (black boxes) "
+        "or the image quarantined.",
+    )
 
 
 class DataConfig(Strict):
-    raw: str = Field("data/raw", description="Folder of the sources as received (tracked by data.dvc).")
+    raw: str = Field("data/raw", description="Folder of the de-identified sources (tracked by data.dvc).")
+    intake: str = Field(
+        "data/intake",
+        description="Local intake area for identified files, never versioned or pushed: the DICOM source at "
+        "<raw>/X takes its files from <intake>/X, de-identified by `medtune data ingest` (and every build).",
+    )
     out: str = Field("data/vlhealth", description="Folder of the built dataset (a DVC output).")
     sources: dict[str, SourceConfig] = Field(  # type: ignore[valid-type]
         description="Sources to build from, by name; each has a 'kind' naming its reader."
@@ -74,6 +85,11 @@ class DataConfig(Strict):
     deid: DeidConfig = Field(default_factory=DeidConfig, description="De-identification settings.")
     on_error: Literal["quarantine", "fail"] = Field(
         "quarantine", description="A bad sample is quarantined (counted, build goes on) or fails the build."
+    )
+    on_official_conflict: Literal["keep", "drop"] = Field(
+        "drop",
+        description="An image (same pixels) that a source's official splits put in two splits: drop its records "
+        "(no leakage) or keep them where the source put them (reported by the gate).",
     )
     workers: int = Field(1, ge=1, le=64, description="Processes that decode and write images.")
     safety_prompts: list[str] = Field(

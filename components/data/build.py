@@ -133,17 +133,28 @@ def build_dataset(
     max_date_shift_days: int = 365,
     force: bool = False,
     safety_prompts: Sequence[Path] = (),
+    min_records: int = 1,
+    on_official_conflict: str = "drop",
+    pseudonym_map: Path | None = None,
 ) -> BuildReport:
     """Build the dataset into ``out_dir`` atomically; return the report (see the module docstring).
 
     ``safety_prompts``: prompt-set files or folders (AILuminate / XSTest CSVs) that are evaluation data only: a
     sample whose question or answer matches one of their prompts, or one of medtune's own v0.5-style or safe
     contrast prompts (always included), is refused like any bad sample (issue 8: prompt sets never become training
-    data)."""
+    data).
+
+    A build that yields fewer than ``min_records`` records fails (DataError) and keeps the previous dataset.
+    ``on_official_conflict``: records whose image (same pixels) a source's official splits put in two splits are
+    dropped (``drop``, quarantined with the reason) or kept where the source put them (``keep``; the gate's
+    image-leakage check then reports them). ``pseudonym_map``: where readers keep the map from path pseudonyms
+    back to file names (beside the key)."""
     import components.data.sources  # noqa: F401  (registers every reader)
 
     if on_error not in ("fail", "quarantine"):
         raise ValueError(f"on_error must be 'fail' or 'quarantine', got {on_error!r}")
+    if on_official_conflict not in ("keep", "drop"):
+        raise ValueError(f"on_official_conflict must be 'keep' or 'drop', got {on_official_conflict!r}")
     if image_mode not in IMAGE_MODES or resize not in RESIZE_POLICIES:
         raise ValueError(f"image mode must be one of {IMAGE_MODES} and resize one of {RESIZE_POLICIES}")
     check_ratios(split_ratios)
@@ -159,6 +170,8 @@ def build_dataset(
         "on_error": on_error,
         "seed": seed,
         "safety_prompts": [_file_digest(Path(p)) for p in safety_prompts],
+        "min_records": min_records,
+        "on_official_conflict": on_official_conflict,
     }
     stamp = inputs_stamp(sources, workspace, policy, deid_key)
     previous = None if force else stored_report(out_dir, stamp)
@@ -173,7 +186,9 @@ def build_dataset(
     try:
         run = _Run(on_error, progress)
         guard = _safety_index(safety_prompts)
-        report = _build(sources, tmp, workspace, policy, workers, deid_key, seed, run, guard)
+        report = _build(sources, tmp, workspace, policy, workers, deid_key, seed, run, guard, pseudonym_map)
+        if report.records < min_records:
+            raise DataError(_too_few(report, min_records, out_dir))
         report.inputs_stamp = stamp
         report.timing["total_s"] = round(time.perf_counter() - started, 4)
         text = json.dumps(report.to_json(volatile=False), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -183,6 +198,16 @@ def build_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _too_few(report: BuildReport, min_records: int, out_dir: Path) -> str:
+    reasons = Counter(q["reason"].removeprefix(f"{q['key']}: ")[:120] for q in report.quarantined)
+    top = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
+    kept = "the previous dataset was kept" if (out_dir / RECORDS_FILE).exists() else "nothing was written"
+    return (
+        f"the build produced {report.records} records, fewer than validate.min_records = {min_records} "
+        f"({len(report.quarantined)} quarantined{': ' + top if top else ''}); {kept}"
+    )
 
 
 def _file_digest(path: Path) -> str:
@@ -219,6 +244,7 @@ def _build(
     seed: int,
     run: _Run,
     guard: set[str] | None = None,
+    pseudonym_map: Path | None = None,
 ) -> BuildReport:
     from components.data.sources.base import SOURCES, Quarantined
     from components.safety.guard import matches_safety_prompt
@@ -230,7 +256,7 @@ def _build(
         kind = getattr(cfg, "kind", None)
         if kind not in SOURCES:
             raise DataError(f"source {name!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(SOURCES))}")
-        ctx = SourceContext(name=name, root=workspace, deid_key=deid_key, seed=seed)
+        ctx = SourceContext(name=name, root=workspace, deid_key=deid_key, seed=seed, pseudonym_map=pseudonym_map)
         seen: set[str] = set()
         n = 0
         for n, item in enumerate(SOURCES[kind].reader(cfg, ctx), 1):
@@ -285,6 +311,9 @@ def _build(
     split_of, conflicts = split_groups(group_images, weights, official, tuple(policy["ratios"]), policy["split_seed"])
     for r in records:
         r.split = split_of[r.group]  # type: ignore[assignment]
+    if conflicts and policy["on_official_conflict"] == "drop":
+        records = _drop_split_conflicts(records, run)
+        weights = Counter(r.group for r in records)
     timing["records_s"] = time.perf_counter() - t0
 
     lines = [json.dumps(r.to_json(), ensure_ascii=False, sort_keys=True, separators=(",", ":")) for r in records]
@@ -310,6 +339,32 @@ def _build(
         records_sha256=sha256_bytes(payload),
         timing={k: round(v, 4) for k, v in timing.items()},
     )
+
+
+def _drop_split_conflicts(records: list[Record], run: _Run) -> list[Record]:
+    """Drop the records whose image (by content hash) also lies in another split: official splits that disagree
+    (BreastMNIST's byte-identical train-00115 and test-00076). Each is quarantined with the reason."""
+    splits_of: dict[str, set[str]] = {}
+    for r in records:
+        for sha in (*record_image_shas(r), r.target_image_sha256):
+            if sha:
+                splits_of.setdefault(sha, set()).add(r.split)
+    kept = []
+    for r in records:
+        shared = [sha for sha in (*record_image_shas(r), r.target_image_sha256) if sha and len(splits_of[sha]) > 1]
+        if not shared:
+            kept.append(r)
+            continue
+        others = sorted(splits_of[shared[0]] - {r.split})
+        run.quarantined.append(
+            {
+                "source": r.source,
+                "key": f"record {r.id}",
+                "reason": f"image {shared[0][:12]} is also in the official {', '.join(others)} split; dropped "
+                "(data.on_official_conflict is 'drop')",
+            }
+        )
+    return kept
 
 
 def _check(s: SourceSample, seen: set[str]) -> str | None:
@@ -380,6 +435,9 @@ def _record(source: str, s: SourceSample, image_shas: list[str], target_sha: str
         question = s.question.strip()
         image, image_sha = (paths, list(image_shas)) if paths else (None, None)
     features = {"task": s.task, "modality": s.modality, **{k: str(v) for k, v in s.features.items()}}
+    meta = dict(s.meta)
+    if s.split is not None:  # the source's official split: the gate leaves these out of the ratio check
+        meta["official_split"] = s.split
     return Record.model_validate(
         {
             "id": f"{source}/{s.uid}",
@@ -397,7 +455,7 @@ def _record(source: str, s: SourceSample, image_shas: list[str], target_sha: str
             "group": s.group,
             "split": "train",
             "features": features,
-            "meta": dict(s.meta),
+            "meta": meta,
         }
     )
 
@@ -489,6 +547,24 @@ def inputs_stamp(sources: Mapping[str, BaseModel], workspace: Path, policy: Mapp
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def external_inputs_hash(sources: Mapping[str, BaseModel], workspace: Path, tracked: Path) -> str:
+    """Content hash of the files source configs name outside ``tracked`` (the DVC-tracked raw tree): DVC does
+    not see them, so ``medtune`` puts this hash in the build stage's params and an edit re-runs the build."""
+    found: dict[str, dict[str, str]] = {}
+    root = Path(tracked).resolve()
+    for name, cfg in sources.items():
+        files = _config_files_hash(cfg.model_dump(mode="json"), workspace)
+        outside = {}
+        for value, digest in files.items():
+            path = Path(value).expanduser()
+            target = (path if path.is_absolute() else workspace / path).resolve()
+            if not target.is_relative_to(root):
+                outside[value] = digest
+        if outside:
+            found[name] = outside
+    return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def stored_report(out_dir: Path, stamp: str) -> dict[str, Any] | None:
     """The report of the dataset in ``out_dir`` when it was built from the same inputs and is intact."""
     try:
@@ -504,8 +580,9 @@ def stored_report(out_dir: Path, stamp: str) -> dict[str, Any] | None:
 
 
 def _config_files_hash(value: Any, workspace: Path) -> dict[str, str]:
-    """Content hashes of the files and folders a source config names (string values that are existing paths
-    inside the workspace)."""
+    """Content hashes of the files and folders a source config names: string values that are existing paths,
+    relative to the workspace, absolute, or outside it (``../shared/data/vqa_rad``), so that an edit anywhere
+    rebuilds. Hashes are cached by (path, size, mtime, inode) in memory for the process."""
     found: dict[str, str] = {}
     if isinstance(value, dict):
         for v in value.values():
@@ -513,21 +590,33 @@ def _config_files_hash(value: Any, workspace: Path) -> dict[str, str]:
     elif isinstance(value, list):
         for v in value:
             found.update(_config_files_hash(v, workspace))
-    elif isinstance(value, str) and value and not Path(value).is_absolute() and ".." not in Path(value).parts:
-        target = workspace / value
-        if target.is_file():
-            found[value] = _file_hash(target)
-        elif target.is_dir():
-            found[value] = _tree_hash(target, "*")
+    elif isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
+        path = Path(value).expanduser()
+        target = path if path.is_absolute() else workspace / path
+        try:
+            if target.is_file():
+                found[value] = _file_hash(target)
+            elif target.is_dir() and target.resolve() != Path(workspace).resolve():
+                found[value] = _tree_hash(target, "*")
+        except OSError as e:
+            raise DataError(f"source file {value}: cannot be read ({e.strerror})") from None
     return found
 
 
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
 def _file_hash(path: Path) -> str:
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo in _HASHES:
+        return _HASHES[memo]
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    _HASHES[memo] = h.hexdigest()
+    return _HASHES[memo]
 
 
 def _tree_hash(folder: Path, pattern: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -294,13 +295,34 @@ def run_image_jobs(
         ctx.set_forkserver_preload([__name__])
     chunk = max(1, min(64, len(jobs) // (workers * 4)))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             for result in pool.map(fn, jobs, chunksize=chunk):
                 done(result)
     except BrokenProcessPool as e:  # e.g. a __main__ the workers cannot re-import: same work, one process
         warnings.warn(f"image workers failed to start ({e}); processing images in this process", stacklevel=2)
         return run_image_jobs(jobs, images, size=size, mode=mode, resize=resize, workers=1, tick=tick)
     return results
+
+
+def _exit_with_parent(pid: int, every_s: float = 0.5) -> None:
+    """Worker initializer: a daemon thread ends the worker once the build process is gone, so a build killed
+    with SIGKILL (no clean-up runs) leaves no image workers behind. The worker's own parent is the fork server,
+    not the build, so the build's pid is watched directly."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="medtune-parent-watch", daemon=True).start()
 
 
 def prune_images(images: Path, stored: set[str]) -> None:

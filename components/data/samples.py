@@ -1,14 +1,15 @@
 """The embedded DICOM samples: real DICOM files that ship inside the pinned pydicom and pydicom-data packages.
 
-:func:`materialize_embedded_raw` copies a fixed list of them into ``<raw>/dicom/`` byte for byte, so
-``data/raw`` (tracked by ``data.dvc``) has the same DVC hash on every machine with the pinned packages. The
-files are found by path under the installed packages; nothing is downloaded (pydicom's ``get_testdata_file``
+:func:`materialize_embedded` copies a fixed list of them into ``<folder>/dicom/`` byte for byte. They carry
+real-looking names and ids in their headers, so a fresh workspace places them in the *intake area*
+(``data/intake/dicom``), identified as published, and ``medtune data ingest`` de-identifies them into
+``data/raw/dicom`` like any hospital's files (:mod:`components.data.intake`). The files are found by path under the installed packages; nothing is downloaded (pydicom's ``get_testdata_file``
 would try the network for files that are not bundled, so it is not used). All of them decode with pydicom 3 and
 pylibjpeg, and several carry real-looking PatientName/PatientID values (``CT_small.dcm``: a name, an id),
 which the de-identification tests rely on::
 
-    from components.data.samples import materialize_embedded_raw
-    materialize_embedded_raw(Path("data/raw"))  # -> [data/raw/dicom/CT_small.dcm, ...]
+    from components.data.samples import materialize_embedded
+    materialize_embedded(Path("data/intake"))  # -> [data/intake/dicom/CT_small.dcm, ...]
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def embedded_sources() -> list[Path]:
     return out
 
 
-def materialize_embedded_raw(raw_dir: Path) -> list[Path]:
-    """Copy the embedded samples into ``raw_dir/dicom/`` (byte-identical; a file already equal is left
-    alone, so its modification time and DVC's view stay unchanged). Returns the destination paths, sorted."""
-    dest_dir = Path(raw_dir) / "dicom"
+def materialize_embedded(folder: Path) -> list[Path]:
+    """Copy the embedded samples into ``folder/dicom/`` (byte-identical; a file already equal is left
+    alone, so its modification time stays unchanged). Returns the destination paths, sorted."""
+    dest_dir = Path(folder) / "dicom"
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for src in embedded_sources():

@@ -93,6 +93,7 @@ class SourceContext:
     root: Path  # the workspace root: relative paths in a source config resolve against it
     deid_key: bytes  # key for pseudonyms (never logged)
     seed: int
+    pseudonym_map: Path | None = None  # where path pseudonyms are mapped back (beside the key); None: not kept
 
 
 Reader = Callable[[Any, SourceContext], Iterator[SourceSample | Quarantined]]

@@ -77,6 +77,7 @@ from components.data.sources.manifest import (
     missing_fields,
     normalise_modality,
     resolve_config_path,
+    wrong_types,
 )
 
 _YES_NO = {"yes", "no", "yes.", "no."}
@@ -145,6 +146,9 @@ def read_llava_json(cfg: LlavaJsonSourceConfig, ctx: SourceContext) -> Iterator[
             yield Quarantined(key, f"{where}: duplicate id {rid!r} (the first record with it is kept)")
             continue
         seen.add(rid)
+        if typed := wrong_types(row, ("modality", "body_part")):
+            yield Quarantined(key, f"{where}: {typed}")
+            continue
         paths = _image_paths(row.get("image"))
         if paths is None:
             yield Quarantined(key, f"{where}: field 'image' must be a path, a list of paths, or absent (text-only)")
@@ -239,6 +243,9 @@ def _pairs(turns: list[Any]) -> tuple[list[tuple[str, str]], str | None]:
             return [], f"turn {i} is not an object with 'from' and 'value'"
         if _SPEAKER.get(str(human.get("from"))) != "human" or _SPEAKER.get(str(gpt.get("from"))) != "gpt":
             return [], f"turns {i}-{i + 1} are not a human turn followed by a gpt turn"
+        for turn, n in ((human, i), (gpt, i + 1)):
+            if (typed := wrong_types(turn, ("value",))) is not None:
+                return [], f"turn {n}: {typed}"
         question = str(human.get("value") or "").strip()
         answer = str(gpt.get("value") or "").strip()
         if not _strip_image_token(question) or not answer:

@@ -76,6 +76,27 @@ def missing_fields(row: object, required: tuple[str, ...]) -> list[str]:
     return [k for k in required if row.get(k) is None or (isinstance(row.get(k), str) and not row[k].strip())]
 
 
+def wrong_types(row: object, text: tuple[str, ...], *, numbers: tuple[str, ...] = ()) -> str | None:
+    """Why a manifest row's fields have the wrong JSON type, naming the first such field, or None.
+
+    ``text`` fields must be strings; ``numbers`` fields may also be JSON numbers (VQA-RAD publishes five counts
+    as integers: ``"answer": 2``). A boolean, object or list is never stringified into a question or an answer
+    (``{'x': 1}`` would train as text). Absent fields are :func:`missing_fields`' business."""
+    if not isinstance(row, dict):
+        return None
+    for name in text:
+        value = row.get(name)
+        if value is None or isinstance(value, str):
+            continue
+        if name in numbers and isinstance(value, int | float) and not isinstance(value, bool):
+            continue
+        kind = {bool: "a boolean", dict: "an object", list: "a list", int: "a number", float: "a number"}.get(
+            type(value), type(value).__name__
+        )
+        return f"field {name!r} is {kind} ({json.dumps(value)[:40]}), not text"
+    return None
+
+
 def comprehension_features(modality: str, body_part: str, site: str | None) -> dict[str, str]:
     """The ``features`` of a comprehension record (FLix and federated partitioning); ``site`` only when set."""
     features = {"task": "comprehension", "modality": modality, "body_part": body_part}

@@ -54,11 +54,13 @@ from components.data.sources.manifest import (
     missing_fields,
     normalise_modality,
     resolve_config_path,
+    wrong_types,
 )
 
 KINDS = {"CLOSED": "vqa_closed", "OPEN": "vqa_open"}
 SPLIT_OF_FILE = {"train": "train", "validate": "val", "validation": "val", "val": "val", "test": "test"}
 REQUIRED = ("qid", "img_name", "question", "answer", "answer_type", "q_lang")
+_TEXT_FIELDS = ("img_name", "question", "answer", "answer_type", "q_lang", "location", "modality")
 # SLAKE's locations, folded onto the coarse body parts the other sources use.
 BODY_PARTS = {
     "abdomen": "abdomen",
@@ -148,6 +150,9 @@ def read_slake(cfg: SlakeSourceConfig, ctx: SourceContext) -> Iterator[SourceSam
         absent = missing_fields(row, REQUIRED)
         if absent:
             yield Quarantined(f"{manifest.name}#{index}", f"{where}: missing required field(s) {', '.join(absent)}")
+            continue
+        if typed := wrong_types(row, _TEXT_FIELDS, numbers=("answer",)):
+            yield Quarantined(f"{manifest.name}#{index}", f"{where}: {typed}")
             continue
         answer_type = str(row["answer_type"]).strip().upper()
         if answer_type not in KINDS:

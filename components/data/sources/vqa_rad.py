@@ -64,6 +64,7 @@ from components.data.sources.manifest import (
     load_json_manifest,
     missing_fields,
     resolve_config_path,
+    wrong_types,
 )
 
 ORGANS = {"HEAD": "head", "CHEST": "chest", "ABD": "abdomen"}
@@ -73,6 +74,7 @@ ORGAN_MODALITIES = {"HEAD": ("CT", "MRI"), "CHEST": ("X-ray",), "ABD": ("CT",)}
 # Release Readme, section 5.0: test = test_freeform + test_para (451 rows), train = the rest.
 OFFICIAL_SPLITS = {"freeform": "train", "para": "train", "test_freeform": "test", "test_para": "test"}
 REQUIRED = ("qid", "image_name", "question", "answer", "answer_type")
+_TEXT_FIELDS = ("image_name", "question", "answer", "answer_type", "question_type", "image_organ")
 
 _TERMS = {
     "CT": re.compile(r"\b(?:ct|cta|computed tomography)\b", re.I),
@@ -191,6 +193,8 @@ def read_vqa_rad(cfg: VqaRadSourceConfig, ctx: SourceContext) -> Iterator[Source
         absent = missing_fields(row, REQUIRED)
         if absent:
             yield Quarantined(f"{manifest.name}#{index}", f"{where}: missing required field(s) {', '.join(absent)}")
+        elif typed := wrong_types(row, _TEXT_FIELDS, numbers=("answer",)):
+            yield Quarantined(f"{manifest.name}#{index}", f"{where}: {typed}")
         elif str(row["answer_type"]).strip().upper() not in KINDS:
             yield Quarantined(f"q{qid}", f"{where}: answer_type {row['answer_type']!r} is neither CLOSED nor OPEN")
         elif qid in seen:

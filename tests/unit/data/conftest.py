@@ -8,16 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from components.data.samples import materialize_embedded_raw
+from components.data.intake import ingest
+from components.data.samples import materialize_embedded
+from components.data.sources.dicom import DicomSourceConfig
 from components.data.sources.base import SOURCES, Quarantined, SourceContext, SourceSample, SourceSpec
-from tests.unit.data.helpers import FACTORIES, ListSourceConfig, read_list
+from tests.unit.data.helpers import FACTORIES, KEY, ListSourceConfig, read_list
 
 
 @pytest.fixture(scope="session")
 def embedded_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace whose data/raw/dicom holds the embedded samples."""
+    """A workspace whose data/raw/dicom holds the embedded samples, placed in the intake area and de-identified
+    into the raw tree as `medtune run` does on a fresh workspace."""
     ws = tmp_path_factory.mktemp("ws")
-    materialize_embedded_raw(ws / "data" / "raw")
+    materialize_embedded(ws / "data" / "intake")
+    ingest(
+        {"dicom": DicomSourceConfig(path="data/raw/dicom")},
+        workspace=ws,
+        raw="data/raw",
+        intake="data/intake",
+        key=KEY,
+        secrets=ws / ".medtune" / "secrets",
+        stamps=ws / ".medtune" / "intake",
+    )
     return ws
 
 
