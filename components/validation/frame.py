@@ -14,7 +14,13 @@ Conventions the suite relies on:
 - every ``*_detail`` column says *why* a row failed, in words that never repeat PHI;
 - a record has zero, one or several input images (issue 16): the image columns hold one value for all of a
   row's images (``image_exists`` is True when every file exists ...), the detail names each failing one
-  (``image[1] images/ab/...png: file not found`` in a list), and a text-only row leaves them null.
+  (``image[1] images/ab/...png: file not found`` in a list), and a text-only row leaves them null;
+- ``image_leakage`` names each of the row's image hashes (input or target) that records of another group hold
+  in another split, with their ids (issue 18: BreastMNIST's byte-identical train-00115 and test-00076); empty
+  when none, null for a row without hashes or without a valid split;
+- ``is_<split>`` are 0/1 split indicators for the records medtune split itself; a record whose source gave its
+  split (a non-empty ``meta.official_split``) is null there and 0/1 in ``official_<split>`` instead, so the
+  configured ratios are checked only where medtune chose the split (issue 18).
 
 Use it on its own to look at a dataset::
 
@@ -46,6 +52,10 @@ TEXT_FIELDS = (
 )  # fmt: skip
 #: Contract fields whose allowed values have expectations of their own: the schema check leaves them out.
 VALUE_FIELDS = ("modality", "task", "kind", "split")
+#: Row key (not a column) that carries a record's image hashes from ``_row`` to ``_image_leakage``.
+_HASHES = "_image_hashes"
+#: How many record ids an ``image_leakage`` entry names per split before it says "and N more".
+LEAK_IDS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,30 @@ def _phi_scan(obj: dict[str, Any], turns: list[tuple[str, str]] | None) -> str:
     return "; ".join(hits)
 
 
+def _image_hashes(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(field, sha256)`` for every image hash the record names: ``image_sha256`` (one, or each of a list) and
+    ``target_image_sha256``. Malformed entries are left out (the shape and format checks report them)."""
+    found: list[tuple[str, str]] = []
+    sha = obj.get("image_sha256")
+    if isinstance(sha, str) and sha:
+        found.append(("image_sha256", sha))
+    elif isinstance(sha, list):
+        found += [(f"image_sha256[{i}]", s) for i, s in enumerate(sha) if isinstance(s, str) and s]
+    target = obj.get("target_image_sha256")
+    if isinstance(target, str) and target:
+        found.append(("target_image_sha256", target))
+    return found
+
+
+def _official_split(obj: dict[str, Any]) -> str | None:
+    """The split the record's source gave it (``meta.official_split``), or None where medtune chose it."""
+    meta = obj.get("meta")
+    value = meta.get("official_split") if isinstance(meta, dict) else None
+    if value is None or (isinstance(value, str) and not value.strip()) or value in ([], {}):
+        return None
+    return _text(value)
+
+
 def _row(line_no: int, line: str, probe: ImageProbe) -> dict[str, Any]:
     row: dict[str, Any] = {"row": line_no}
     try:
@@ -273,6 +307,8 @@ def _row(line_no: int, line: str, probe: ImageProbe) -> dict[str, Any]:
     row |= _image_columns(obj, probe, row["image_sha256_shape_ok"])
     row["target_ok"], row["target_detail"] = _target_check(obj, probe)
     row["phi_found"] = _phi_scan(obj, turns)
+    row["official_split"] = _official_split(obj)
+    row[_HASHES] = _image_hashes(obj)
     return row
 
 
@@ -281,8 +317,10 @@ COLUMNS = (
     ["row", "json_ok", "json_detail", *TEXT_FIELDS, "schema_errors", "question", "answer", "image_token_ok",
      "image_token_detail", "task_kind_ok", "generation_input_ok", "generation_input_detail", "image_sha256_shape_ok",
      "image_sha256_shape_detail", "image_exists", "image_decodes", "image_hash_matches", "image_detail",
-     "target_ok", "target_detail", "phi_found", "group_split_count", "group_detail"]
+     "target_ok", "target_detail", "phi_found", "official_split", "group_split_count", "group_detail",
+     "image_leakage"]
     + [f"is_{split}" for split in SPLITS]
+    + [f"official_{split}" for split in SPLITS]
 )  # fmt: skip
 
 
@@ -299,9 +337,58 @@ def _add_group_columns(df: pd.DataFrame) -> None:
         details.append(f"group {group!r} is in {', '.join(sorted(splits))}" if splits and len(splits) > 1 else "")
     df["group_split_count"] = pd.Series(counts, index=df.index, dtype=object)
     df["group_detail"] = pd.Series(details, index=df.index, dtype=object)
+    official = [ok is True and isinstance(o, str) for ok, o in zip(df.json_ok, df.official_split, strict=True)]
     for split in SPLITS:
-        # Non-JSON rows stay null (outside the denominator); a record with a bad split counts in none.
-        df[f"is_{split}"] = [None if not ok else float(s == split) for ok, s in zip(df.json_ok, df.split, strict=True)]
+        # Non-JSON rows stay null (outside the denominator); a record with a bad split counts in none. A record
+        # split by its source counts in official_<split> only: the configured ratios are medtune's to keep.
+        df[f"is_{split}"] = [None if ok is not True or off else float(s == split)
+                             for ok, off, s in zip(df.json_ok, official, df.split, strict=True)]  # fmt: skip
+        df[f"official_{split}"] = [float(s == split) if off else None
+                                   for off, s in zip(official, df.split, strict=True)]  # fmt: skip
+
+
+def _some(ids: list[str]) -> str:
+    shown = ", ".join(ids[:LEAK_IDS_SHOWN])
+    return shown if len(ids) <= LEAK_IDS_SHOWN else f"{shown} and {len(ids) - LEAK_IDS_SHOWN} more"
+
+
+def _image_leakage(rows: list[dict[str, Any]]) -> list[str | None]:
+    """Per row: each of its image hashes that a record of *another group* holds in *another split*, with those
+    records' ids; "" when none. An image shared by one group's records in two splits is left to the group
+    check (one broken thing, one failure). Null where the row has no hash or no valid split."""
+
+    def group_of(row: dict[str, Any]) -> object:
+        return row["group"] if isinstance(row.get("group"), str) else ("line", row["row"])  # no group: its own
+
+    # hash -> split -> [(group, id)], and how many of those entries each group holds
+    where: dict[str, dict[str, list[tuple[object, str]]]] = defaultdict(lambda: defaultdict(list))
+    per_group: dict[tuple[str, str, object], int] = defaultdict(int)
+    for row in rows:
+        split = row.get("split")
+        if split not in SPLITS:
+            continue
+        group, label = group_of(row), row["id"] if isinstance(row.get("id"), str) else f"line {row['row']}"
+        for sha in dict.fromkeys(sha for _, sha in row.get(_HASHES) or []):
+            where[sha][split].append((group, label))
+            per_group[sha, split, group] += 1
+    out: list[str | None] = []
+    for row in rows:
+        hashes, split = row.get(_HASHES) or [], row.get("split")
+        if not hashes or split not in SPLITS:
+            out.append(None)
+            continue
+        group, problems = group_of(row), []
+        for field, sha in hashes:
+            elsewhere = []
+            for other, entries in sorted(where[sha].items()):
+                if other == split or len(entries) == per_group[sha, other, group]:
+                    continue
+                ids = list(dict.fromkeys(label for g, label in entries if g != group))
+                elsewhere.append(f"{other} ({_some(ids)})")
+            if elsewhere:
+                problems.append(f"{field} {sha} is also in {'; '.join(elsewhere)}")
+        out.append("; ".join(problems))
+    return out
 
 
 def load_records_frame(records_file: Path, image_root: Path | None = None) -> pd.DataFrame:
@@ -321,5 +408,6 @@ def load_records_frame(records_file: Path, image_root: Path | None = None) -> pd
             rows.append(_row(line_no, line, probe))
     df = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
     df["row"] = df["row"].astype("int64")
+    df["image_leakage"] = pd.Series(_image_leakage(rows), index=df.index, dtype=object)
     _add_group_columns(df)
     return df

@@ -85,6 +85,7 @@ class ValidationReport:
     failures: list[Failure]
     records_file: str
     passed: list[str] = field(default_factory=list)  # keys of the checks that passed
+    notes: list[str] = field(default_factory=list)  # what passing note checks observed (official split fractions)
     docs_index: str | None = None  # Data Docs index.html, when docs_dir was given
     docs_page: str | None = None  # the Data Docs page of this run (shows each failing expectation)
     duration_s: float = 0.0
@@ -99,17 +100,19 @@ class ValidationReport:
         return out
 
     def summary_lines(self) -> list[str]:
+        notes = [f"  note: {note}" for note in self.notes]
         if self.success:
             s = self.statistics
             return [
                 f"validation passed: {s['successful']}/{s['evaluated']} expectations on {s['rows']} records "
-                f"({self.records_file})"
+                f"({self.records_file})",
+                *notes,
             ]
         lines: list[str] = []
         for failure in self.failures:
             lines.append(failure.headline())
             lines += [f"  {sample.describe()}" for sample in failure.samples]
-        return lines
+        return lines + notes
 
 
 def _fmt(value: Any) -> str:
@@ -210,19 +213,26 @@ def validate_dataset(
     records_file = Path(records_file)
     if not records_file.is_file():
         raise ValidationInputError(f"records file not found: {records_file}")
-    checks = build_checks(split_ratios=split_ratios, split_tolerance=split_tolerance, min_records=min_records)
+    build_checks(split_ratios=split_ratios, split_tolerance=split_tolerance, min_records=min_records)  # bad args
     df = load_records_frame(records_file)
+    records = int((df["json_ok"] == True).sum())  # noqa: E712 (an object column: True, False or null)
+    official = int(df["official_split"].notna().sum())
+    checks = build_checks(split_ratios=split_ratios, split_tolerance=split_tolerance, min_records=min_records,
+                          official_records=official, split_records=records - official)  # fmt: skip
     # The run name is a folder in Data Docs and a column of its index: the dataset folder's name.
     run_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", records_file.resolve().parent.name) or "dataset"
     suite_result, page = _run_suite(df, checks, docs_dir, run_name)
 
     by_row = df.set_index("row")
     results = {res.expectation_config.meta[META_KEY]: res for res in suite_result.results}
-    failures, passed = [], []
+    failures, passed, notes = [], [], []
     for check in checks:  # report in suite order (GE groups results by column)
         res = results[check.key]
         if res.success:
             passed.append(check.key)
+            if check.note:
+                observed = (res.result or {}).get("observed_value")
+                notes.append(f"{check.key} observed {_fmt(_jsonable(observed))} - {check.description}")
         else:
             failures.append(_failure(check, res.expectation_config.type, res, by_row, sample_rows))
     stats = suite_result.statistics
@@ -237,6 +247,7 @@ def validate_dataset(
         failures=failures,
         records_file=str(records_file),
         passed=passed,
+        notes=notes,
         docs_index=str((docs_dir / "index.html").resolve()) if docs_dir is not None else None,
         docs_page=str(page) if page is not None else None,
         duration_s=round(time.perf_counter() - start, 3),

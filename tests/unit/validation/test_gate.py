@@ -40,8 +40,8 @@ def test_valid_dataset_passes(dataset: tuple[Path, list[dict[str, Any]]]) -> Non
     report = validate_dataset(root)
     assert report.success, report.summary_lines()
     assert report.failures == []
-    assert report.statistics == {"evaluated": 25, "successful": 25, "unsuccessful": 0, "rows": 30}
-    assert report.summary_lines() == [f"validation passed: 25/25 expectations on 30 records ({root / 'records.jsonl'})"]
+    assert report.statistics == {"evaluated": 26, "successful": 26, "unsuccessful": 0, "rows": 30}
+    assert report.summary_lines() == [f"validation passed: 26/26 expectations on 30 records ({root / 'records.jsonl'})"]
 
 
 def test_missing_answer(dataset: tuple[Path, list[dict[str, Any]]]) -> None:

@@ -42,7 +42,7 @@ def test_multi_image_and_text_only_rows_pass(dataset: tuple[Path, list[dict[str,
     root, _ = dataset
     report = validate_dataset(root)
     assert report.success, report.summary_lines()
-    assert report.statistics == {"evaluated": 25, "successful": 25, "unsuccessful": 0, "rows": 33}
+    assert report.statistics == {"evaluated": 26, "successful": 26, "unsuccessful": 0, "rows": 33}
     df = load_records_frame(root / "records.jsonl")
     multi, text = df.iloc[CMP], df.iloc[TXT]
     assert (multi.image_exists, multi.image_decodes, multi.image_hash_matches, multi.image_token_ok) == (
