@@ -1,107 +1,108 @@
-"""De-identification of DICOM headers: the Basic Application Level Confidentiality Profile (DICOM PS3.15
-Annex E, table E.1-1) with the "retain longitudinal temporal information with modified dates" option.
+"""De-identification of DICOM headers: the Basic Application Level Confidentiality Profile (DICOM PS3.15 Annex E,
+table E.1-1) with the "Retain Longitudinal Temporal Information with Modified Dates" option, keyed by medtune's
+secret (issue 18).
 
-What happens to a dataset (:func:`deidentify_dataset`):
+The action table is not ours: it is the E.1-1 table of the newest standard release that dicom-anonymizer
+(KitwareMedical, import name ``dicomanonymizer``) ships, :data:`DATABASE` (652 attributes plus the curve and
+overlay groups). Each of its actions maps to medtune's (:data:`POLICY`); per dataset (:func:`deidentify_dataset`):
 
-* attributes in :data:`REMOVE` are deleted (sequences with everything inside them), private tags (at every
-  level) and overlay / curve data too; attributes in :data:`EMPTY` are kept but emptied (type 2 in most IODs);
-* PatientName and PatientID become the keyed pseudonym (:func:`pseudonym`), which is also the record's
-  ``group``; any other person name anywhere in the dataset (VR PN) is emptied;
-* every date (VR DA, and the date part of DT) anywhere is shifted back by a per-patient number of days derived
-  from the key and the patient id, so intervals within a patient survive; PatientBirthDate is emptied;
-* every instance UID (VR UI, not a well-known DICOM class/transfer-syntax UID) is re-mapped to a keyed
-  ``2.25.<n>`` UID, so references between files of one study stay consistent;
-* ``PatientIdentityRemoved = YES`` and ``DeidentificationMethod`` record what was done.
+* X (remove), and the X/Z, X/D, X/Z/D choices: deleted, sequences with everything in them;
+* Z (empty), and Z/D: kept with a zero-length value (a sequence with no items);
+* D (dummy): the library's dummy for the VR ("ANONYMIZED", "0", ...); a sequence keeps its items with every value
+  inside replaced the same way;
+* U, and every other UID anywhere that is not a well-known DICOM UID (file meta included): the keyed
+  :func:`remap_uid`, so references between the files of one study stay consistent and output is deterministic;
+  X/Z/U* (Referenced/Source Image Sequence): kept, cleaned inside;
+* PatientName and PatientID: the keyed :func:`pseudonym` (also the record's ``group``); any other person name
+  anywhere (VR PN) is emptied;
+* dates and times, whatever the table says (the option keeps them, modified): every DA and the date part of every
+  DT move back by the per-patient :func:`date_shift_days`; times of day (TM, the time part of DT) stay, so
+  intervals survive; a value that does not parse is emptied; PatientBirthDate is emptied, PatientBirthTime deleted;
+* private tags and the overlay (60xx) and curve (50xx) groups are deleted at every level; the table's actions
+  apply inside every sequence that is kept; pixel data is never read (deferred elements stay on disk);
+* PatientIdentityRemoved, DeidentificationMethod (:data:`METHOD`), DeidentificationMethodCodeSequence (CID 7050:
+  113100 basic profile, 113107 modified dates) and LongitudinalTemporalInformationModified record what was done;
+  :func:`mark_clean_pixels` adds 113101 (Clean Pixel Data) once burned-in text has been checked or masked, before
+  or after :func:`deidentify_dataset` (which keeps that one code of an earlier sequence and replaces the rest).
 
-The key comes from :func:`load_deid_key` (environment variable, else a key file created once). Pixel data is
-not touched: burned-in text is handled by the reader (files flagged ``BurnedInAnnotation = YES`` are refused).
+Why dicom-anonymizer (2.1.0), read against the others' code (issue 18): it is the only one that ships the E.1-1
+table itself, one module per standard release (2023, 2024b, 2026c), with its action per attribute. pydicom/deid
+(0.4.13) works from recipe files whose default ``deid.dicom`` header section is ~70 name-pattern rules
+(``REMOVE endswith:Date``, ``contains:UID`` -- SOP class UIDs too --, ``endswith:ID`` ...), not the table: following
+E.1-1 there means writing and keeping a 650-line recipe ourselves. dicognito (0.19.0) makes realistic fake
+values, but from its own short keyword lists plus every PN/UI/DA/DT; it keeps private tags and free text
+(descriptions, comments), and shifts every date by one offset per Anonymizer (from its seed), not per patient.
+
+What medtune does itself, and why: the library's ``anonymize_dataset`` applies its per-tag actions to the top level
+only (a kept sequence is not cleaned inside), replaces UIDs with random ones (not reproducible), writes 00010101
+for dated D/Z actions (and for X on a DA, which it keeps), loops over all 655 rules per dataset, and removes
+private tags and the repeating groups through ``Dataset.walk``, which reads every deferred element -- the pixel
+data. So medtune walks the elements present once, level by level, and looks each up in the library's table
+(:func:`table`). Nothing of the library prints on this path, and the warnings and log lines pydicom emits about
+invalid values while they are read (they quote the value) are silenced for the call.
 
     from components.data.deid import deidentify_dataset, load_deid_key, pseudonym
     key = load_deid_key("MEDTUNE_DEID_KEY", Path(".medtune/secrets/deid.key"))
     group = pseudonym(key, str(ds.PatientID)); deidentify_dataset(ds, key)
+
+    .venv/bin/pytest tests/unit/data/test_dicom_deid.py -q
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import io
+import logging
 import os
+import re
 import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# fmt: off
-#: Deleted (PS3.15 E.1-1 action X, and X/Z, X/D ... where deletion is allowed).
-REMOVE: tuple[str, ...] = (
-    "AcquisitionComments", "AcquisitionContextSequence", "AcquisitionDeviceProcessingDescription",
-    "AcquisitionProtocolDescription", "ActualHumanPerformersSequence", "AdditionalPatientHistory", "AdmissionID",
-    "AdmittingDate", "AdmittingDiagnosesCodeSequence", "AdmittingDiagnosesDescription", "AdmittingTime",
-    "Allergies", "Arbitrary", "AuthorObserverSequence", "BranchOfService", "CassetteID",
-    "CommentsOnThePerformedProcedureStep", "ConfidentialityConstraintOnPatientDataDescription",
-    "ContentCreatorIdentificationCodeSequence", "ContributionDescription", "CountryOfResidence",
-    "CurrentPatientLocation", "CustodialOrganizationSequence", "DataSetTrailingPadding", "DerivationDescription",
-    "DetectorID", "DeviceSerialNumber", "DigitalSignaturesSequence", "DischargeDiagnosisDescription",
-    "DistributionAddress", "DistributionName", "EthnicGroup", "FrameComments", "GantryID", "GeneratorID",
-    "HumanPerformerName", "HumanPerformerOrganization", "IconImageSequence", "IdentifyingComments",
-    "ImageComments", "ImagePresentationComments", "ImagingServiceRequestComments", "Impressions",
-    "InstitutionAddress", "InstitutionCodeSequence", "InstitutionName", "InstitutionalDepartmentName",
-    "InsurancePlanIdentification", "IntendedRecipientsOfResultsIdentificationSequence",
-    "InterpretationApproverSequence", "InterpretationAuthor", "InterpretationDiagnosisDescription",
-    "InterpretationIDIssuer", "InterpretationRecorder", "InterpretationText", "InterpretationTranscriber",
-    "IssuerOfAdmissionID", "IssuerOfPatientID", "IssuerOfServiceEpisodeID", "MAC", "MedicalAlerts",
-    "MedicalRecordLocator", "MilitaryRank", "ModifiedAttributesSequence", "ModifiedImageDescription",
-    "ModifyingDeviceID", "NameOfPhysiciansReadingStudy", "NamesOfIntendedRecipientsOfResults", "Occupation",
-    "OperatorIdentificationSequence", "OperatorsName", "OriginalAttributesSequence", "OrderCallbackPhoneNumber",
-    "OrderEnteredBy", "OrderEntererLocation", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
-    "ParticipantSequence", "PatientAddress", "PatientAge", "PatientBirthName", "PatientBirthTime",
-    "PatientComments", "PatientInsurancePlanCodeSequence", "PatientMotherBirthName",
-    "PatientPrimaryLanguageCodeSequence", "PatientPrimaryLanguageModifierCodeSequence",
-    "PatientReligiousPreference", "PatientSexNeutered", "PatientSize", "PatientState", "PatientTelephoneNumbers",
-    "PatientTransportArrangements", "PatientWeight", "PerformedLocation", "PerformedProcedureStepDescription",
-    "PerformedProcedureStepID", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-    "PerformedStationAETitle", "PerformedStationGeographicLocationCodeSequence", "PerformedStationName",
-    "PerformedStationNameCodeSequence", "PerformingPhysicianIdentificationSequence", "PerformingPhysicianName",
-    "PersonAddress", "PersonTelephoneNumbers", "PhysicianApprovingInterpretation",
-    "PhysiciansReadingStudyIdentificationSequence", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
-    "PlateID", "PreMedication", "PregnancyStatus", "ProtocolName", "ReasonForTheImagingServiceRequest",
-    "ReasonForStudy", "ReferencedDigitalSignatureSequence", "ReferencedPatientAliasSequence",
-    "ReferencedPatientSequence", "ReferencedSOPInstanceMACSequence", "ReferringPhysicianAddress",
-    "ReferringPhysicianIdentificationSequence", "ReferringPhysicianTelephoneNumbers", "RegionOfResidence",
-    "RequestAttributesSequence", "RequestedContrastAgent", "RequestedProcedureComments",
-    "RequestedProcedureDescription", "RequestedProcedureID", "RequestedProcedureLocation", "RequestingPhysician",
-    "RequestingService", "ResponsibleOrganization", "ResponsiblePerson", "ResultsComments",
-    "ResultsDistributionListSequence", "ResultsIDIssuer", "ReviewerName", "ScheduledHumanPerformersSequence",
-    "ScheduledPatientInstitutionResidence", "ScheduledPerformingPhysicianIdentificationSequence",
-    "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription", "ScheduledProcedureStepEndDate",
-    "ScheduledProcedureStepEndTime", "ScheduledProcedureStepLocation", "ScheduledProcedureStepStartDate",
-    "ScheduledProcedureStepStartTime", "ScheduledStationAETitle", "ScheduledStationGeographicLocationCodeSequence",
-    "ScheduledStationName", "ScheduledStationNameCodeSequence", "ScheduledStudyLocation",
-    "ScheduledStudyLocationAETitle", "SeriesDescription", "ServiceEpisodeDescription", "ServiceEpisodeID",
-    "SmokingStatus", "SpecialNeeds", "StationName", "StudyComments", "StudyDescription", "StudyIDIssuer",
-    "TextComments", "TextString", "TimezoneOffsetFromUTC", "TopicAuthor", "TopicKeywords", "TopicSubject",
-    "TopicTitle", "VerifyingOrganization", "VisitComments",
-)
+#: The library's newest E.1-1 table (``dicomanonymizer.dicom_anonymization_databases.<DATABASE>``).
+DATABASE = "dicomfields_2026c"
+METHOD = f"PS3.15 E.1-1 {DATABASE.rsplit('_', 1)[-1]} basic profile, modified dates, keyed UIDs"  # LO: <= 64
 
-#: Kept but emptied (action Z: type 2 attributes most IODs require to be present).
-EMPTY: tuple[str, ...] = (
-    "AccessionNumber", "ContentCreatorName", "FillerOrderNumberImagingServiceRequest", "PatientBirthDate",
-    "PatientSex", "PlacerOrderNumberImagingServiceRequest", "ReferringPhysicianName", "StudyID", "StudyTime",
-    "SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime", "VerifyingObserverName",
-)
+#: medtune's action for each of the library's actions (by function name): where the table allows a choice (X/Z,
+#: X/D, ...) medtune takes the first, as its records never need the attribute; Z/D takes Z (type 2 is enough).
+POLICY: dict[str, str] = {
+    "delete": "X",
+    "empty": "Z",
+    "replace": "D",
+    "replace_UID": "U",
+    "empty_or_replace": "Z",
+    "delete_or_empty": "X",
+    "delete_or_replace": "X",
+    "delete_or_empty_or_replace": "X",
+    "delete_or_empty_or_replace_UID": "U*",
+}
 
-#: Replaced by the pseudonym (action Z allows a dummy value; a keyed pseudonym keeps files of one patient together).
-PSEUDONYMISED: tuple[str, ...] = ("PatientName", "PatientID")
+#: CID 7050 codes (DCM) recorded in DeidentificationMethodCodeSequence.
+CODES = {
+    "113100": "Basic Application Confidentiality Profile",
+    "113101": "Clean Pixel Data Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+}
 
-#: Dates that are shifted (modified dates option); every other DA/DT element is shifted as well by the sweep.
-SHIFTED_DATES: tuple[str, ...] = (
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate", "AcquisitionDateTime",
-)
-
-# fmt: on
-
-METHOD = "PS3.15 E.1-1 basic profile; dates shifted; UIDs remapped"  # LO: at most 64 characters
 _PSEUDONYM_HEX = 16
+_PATIENT_NAME, _PATIENT_ID, _BIRTH_DATE, _BIRTH_TIME = 0x00100010, 0x00100020, 0x00100030, 0x00100032
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # never read: a deferred element stays on disk
+_META_AE_TITLES = (0x00020016, 0x00020017, 0x00020018)  # source/sending/receiving AE: station names
+_DATE_VRS = ("DA", "DT", "TM")
+#: VRs whose dummy comes from the library's ``replace_element`` (fixed values; UI, dates and SQ are medtune's).
+_LIBRARY_DUMMY_VRS = frozenset(
+    ("AE", "AS", "CS", "DS", "FD", "FL", "IS", "LO", "LT", "OB", "SH", "SL", "SS", "ST", "UC", "UL", "UN", "UR",
+     "US", "UT")
+)  # fmt: skip
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_DT_TAIL = re.compile(r"(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?")
 
 
 def pseudonym(key: bytes, patient_id: str) -> str:
@@ -145,60 +146,32 @@ def load_deid_key(env_var: str, key_file: Path) -> bytes:
     return data
 
 
-def _shift_da(value: str, days: int) -> str:
-    text = value.strip()
-    if len(text) < 8 or not text[:8].isdigit():
-        return ""  # unparseable dates are dropped rather than kept
-    try:
-        day = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return ""
-    return (day - dt.timedelta(days=days)).strftime("%Y%m%d") + text[8:]
+@lru_cache(maxsize=1)
+def table() -> dict[int, str]:
+    """The library's E.1-1 table as medtune's actions, ``{tag: "X" | "Z" | "D" | "U" | "U*"}``. Its repeating-group
+    rules (curve data 50xx, overlay data and comments 60xx) are applied as whole-group deletions."""
+    from dicomanonymizer.simpledicomanonymizer import initialize_actions
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the selector prints when a database lacks a category
+        rules = initialize_actions(DATABASE)
+    unknown = sorted({f.__name__ for f in rules.values()} - POLICY.keys())
+    odd = [t for t, f in rules.items() if len(t) == 4 and not (_is_removed_group(t[0]) and f.__name__ == "delete")]
+    if unknown or odd:  # a newer table than this code knows: fail loudly rather than skip attributes
+        what = unknown or [tuple(hex(n) for n in t) for t in odd]
+        raise RuntimeError(f"dicom-anonymizer's {DATABASE} has actions or repeating groups medtune lacks: {what}")
+    return {(t[0] << 16) | t[1]: POLICY[f.__name__] for t, f in rules.items() if len(t) == 2}
 
 
-def _is_known_uid(value: str) -> bool:
-    from pydicom.uid import UID
-
-    return UID(value).name != value  # in pydicom's dictionary of SOP classes, transfer syntaxes ...
+def _is_removed_group(group: int) -> bool:
+    return 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF  # curves, overlays
 
 
-_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
-
-
-def _is_overlay_or_curve(tag: Any) -> bool:
-    group, elem = tag.group, tag.element
-    return (0x5000 <= group <= 0x50FF) or (0x6000 <= group <= 0x60FF and elem in (0x3000, 0x4000))
-
-
-def _sweep(ds: Any, key: bytes, days: int, pseudo: str) -> None:
-    from pydicom.multival import MultiValue
-
-    for kw in REMOVE:
-        if kw in ds:
-            delattr(ds, kw)
-    for tag in list(ds.keys()):
-        if tag.is_private or _is_overlay_or_curve(tag):
-            del ds[tag]
-            continue
-        if tag in _PIXEL_TAGS:  # left unread: a deferred pixel element stays on disk
-            continue
-        elem = ds[tag]
-        vr, value = elem.VR, elem.value
-        if vr == "SQ":
-            for item in value or []:
-                _sweep(item, key, days, pseudo)
-        elif elem.keyword in PSEUDONYMISED:
-            elem.value = pseudo
-        elif elem.keyword in EMPTY or vr == "PN":
-            elem.value = ""
-        elif vr in ("DA", "DT") and value:
-            vals = value if isinstance(value, MultiValue) else [value]
-            shifted = [_shift_da(str(v), days) for v in vals]
-            elem.value = shifted if len(shifted) > 1 else shifted[0]
-        elif vr == "UI" and value:
-            vals = value if isinstance(value, MultiValue) else [value]
-            mapped = [str(v) if _is_known_uid(str(v)) else remap_uid(key, str(v)) for v in vals]
-            elem.value = mapped if len(mapped) > 1 else mapped[0]
+@dataclass(frozen=True)
+class _Run:
+    key: bytes
+    days: int
+    pseudonym: str
+    tags: dict[int, str]
 
 
 def deidentify_dataset(ds: Any, key: bytes, *, max_date_shift_days: int = 365, patient_id: str | None = None) -> Any:
@@ -207,14 +180,171 @@ def deidentify_dataset(ds: Any, key: bytes, *, max_date_shift_days: int = 365, p
     ``patient_id`` overrides the id the pseudonym and date shift derive from (default: the PatientID element).
     """
     pid = patient_id if patient_id is not None else str(ds.get("PatientID", "") or "").strip()
-    pseudo = pseudonym(key, pid)
-    days = date_shift_days(key, pid, max_date_shift_days)
-    _sweep(ds, key, days, pseudo)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-        uid = str(meta.MediaStorageSOPInstanceUID)
-        meta.MediaStorageSOPInstanceUID = uid if _is_known_uid(uid) else remap_uid(key, uid)
+    clean_pixels = _has_code(ds, "113101")  # mark_clean_pixels may come first (the intake masks, then calls us)
+    run = _Run(key, date_shift_days(key, pid, max_date_shift_days), pseudonym(key, pid), table())
+    with _quiet():
+        _clean(ds, run, top=True, dummy=False)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:
+            _clean(meta, run, top=False, dummy=False)  # MediaStorageSOPInstanceUID: U, like SOPInstanceUID
+            for tag in _META_AE_TITLES:
+                if tag in meta:
+                    del meta[tag]
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = METHOD
+    codes = ["113100", "113107", *(["113101"] if clean_pixels else [])]  # nobody else's claims are kept
+    ds.DeidentificationMethodCodeSequence = [_code(c) for c in codes]
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
     return ds
+
+
+def mark_clean_pixels(ds: Any) -> Any:
+    """Record that the pixels were checked for burned-in text and masked where it was found (CID 7050 113101,
+    Clean Pixel Data Option; BurnedInAnnotation NO). Before or after :func:`deidentify_dataset`."""
+    if not _has_code(ds, "113101"):
+        ds.DeidentificationMethodCodeSequence = [*(ds.get("DeidentificationMethodCodeSequence") or []), _code("113101")]
+    ds.BurnedInAnnotation = "NO"
+    return ds
+
+
+def _has_code(ds: Any, value: str) -> bool:
+    return any(str(item.get("CodeValue", "")) == value for item in ds.get("DeidentificationMethodCodeSequence") or [])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No warning and no log line while values are read: pydicom's messages about an invalid value quote it (PHI);
+    both go through process-wide switches, restored on exit (readers run in one thread per process)."""
+    logger = logging.getLogger("pydicom")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+
+
+def _code(value: str) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", CODES[value]
+    return item
+
+
+def _clean(ds: Any, run: _Run, *, top: bool, dummy: bool) -> None:
+    """One level of a dataset; recurses into the sequences it keeps. ``dummy``: inside a D sequence."""
+    for tag in list(ds.keys()):
+        if tag.is_private or _is_removed_group(tag.group):
+            del ds[tag]  # at every level
+            continue
+        if tag in _PIXEL_TAGS:
+            continue
+        action, vr = run.tags.get(tag), _vr(ds, tag)
+        if top and tag in (_PATIENT_NAME, _PATIENT_ID):
+            ds[tag] = _element(tag, vr, run.pseudonym)
+        elif tag == _BIRTH_DATE:
+            ds[tag] = _element(tag, vr, "")
+        elif tag == _BIRTH_TIME:
+            del ds[tag]
+        elif vr in _DATE_VRS:  # the modified-dates option keeps every date and time, whatever the table says
+            _shift(ds[tag], run.days)
+        elif action == "X":
+            del ds[tag]
+        elif vr == "PN":
+            ds[tag] = _element(tag, vr, "")
+        elif dummy or action == "D":
+            _dummy(ds, tag, vr, run)
+        elif action == "Z":
+            ds[tag] = _element(tag, vr, None)
+        elif vr == "UI":  # U, X/Z/U*, or any other UID
+            _remap(ds[tag], run.key)
+        elif vr == "SQ":  # X/Z/U*, or not in the table: kept, cleaned inside
+            for item in ds[tag].value or []:
+                _clean(item, run, top=False, dummy=False)
+        elif action is not None:  # U or U* on an element that is not a UID: emptied
+            ds[tag] = _element(tag, vr, None)
+
+
+def _dummy(ds: Any, tag: int, vr: str, run: _Run) -> None:
+    """The table's D: the library's dummy for the VR; UIDs keyed, sequences kept with dummies inside."""
+    from dicomanonymizer.simpledicomanonymizer import replace_element
+
+    if vr == "UI":
+        _remap(ds[tag], run.key)
+    elif vr == "SQ":
+        for item in ds[tag].value or []:
+            _clean(item, run, top=False, dummy=True)
+    elif vr in _LIBRARY_DUMMY_VRS:
+        elem = _element(tag, vr, None)
+        replace_element(elem)  # "ANONYMIZED", "0", 0, "000Y", b"Anonymized", ...: no randomness for these VRs
+        ds[tag] = elem
+    else:  # a VR the library has no dummy for (OW, OF, AT ...): emptied
+        ds[tag] = _element(tag, vr, None)
+
+
+def _vr(ds: Any, tag: int) -> str:
+    """The element's VR without reading a deferred value (implicit VR files: from the dictionary)."""
+    from pydicom.datadict import dictionary_VR
+
+    vr = ds.get_item(tag, keep_deferred=True).VR
+    if vr in (None, "UN"):
+        with contextlib.suppress(KeyError):
+            return str(dictionary_VR(tag))
+    return str(vr or "UN")
+
+
+def _element(tag: int, vr: str, value: Any) -> Any:
+    from pydicom.dataelem import DataElement
+
+    elem = DataElement(tag, vr, value)
+    if value is None:
+        elem.value = elem.empty_value
+    return elem
+
+
+def _values(elem: Any) -> list[str]:
+    from pydicom.multival import MultiValue
+
+    value = elem.value
+    return [str(v) for v in value] if isinstance(value, MultiValue) else [str(value)]
+
+
+def _set(elem: Any, values: list[str]) -> None:
+    elem.value = values if len(values) > 1 else values[0]
+
+
+def _shift(elem: Any, days: int) -> None:
+    if not elem.value:
+        return
+    if elem.VR == "TM":
+        _set(elem, [v.strip() if _TIME.fullmatch(v.strip()) else "" for v in _values(elem)])
+    else:
+        _set(elem, [_shift_date(v.strip(), days, dated_time=elem.VR == "DT") for v in _values(elem)])
+
+
+def _shift_date(text: str, days: int, *, dated_time: bool) -> str:
+    """``text`` (DA, or DT with ``dated_time``) moved back ``days``; "" when it does not parse."""
+    head, tail = text[:8], text[8:]
+    if len(head) < 8 or not head.isdigit() or (tail and not (dated_time and _DT_TAIL.fullmatch(tail))):
+        return ""  # unparseable or partial (a DT of only YYYY): dropped rather than kept
+    try:
+        day = dt.date(int(head[:4]), int(head[4:6]), int(head[6:8])) - dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return ""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}{tail}"
+
+
+def _remap(elem: Any, key: bytes) -> None:
+    if not elem.value:
+        return
+    _set(elem, [v if _is_known_uid(v) else remap_uid(key, v) for v in _values(elem)])
+
+
+@lru_cache(maxsize=4096)
+def _is_known_uid(value: str) -> bool:
+    """A UID the standard defines (SOP classes, transfer syntaxes, coding schemes ...): not an identifier."""
+    from pydicom.uid import UID
+
+    return value.startswith("1.2.840.10008.") or UID(value).name != value

@@ -93,6 +93,98 @@ def phi_ct(path: Path, **extra: Any) -> Path:
     return path
 
 
+def write_phi_dicom(
+    path: Path,
+    *,
+    base: Path | None = None,
+    name: str = "Doe^Jane",
+    patient_id: str = "MRN-998877",
+    extra: dict[str, str] | None = None,
+) -> list[str]:
+    """Write a CT slice (``base``, default pydicom's CT_small.dcm) whose header carries PHI in many attributes of
+    the PS3.15 E.1-1 table: names, ids, dates, institution, addresses, telecom, ReasonForVisit, free text, a
+    ContentSequence text item, private tags (top level and in a sequence) and nested sequences. Returns the PHI
+    strings planted (each at least 5 characters; none may survive de-identification). ``extra`` attributes
+    (keyword -> value, e.g. BodyPartExamined) are set last as given and are not in the returned list.
+
+    Instance UIDs derive from ``path`` (study: from ``patient_id``), so several files are several instances."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(base or Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    study_uid = generate_uid(entropy_srcs=[patient_id, "phi-study"])
+    series_uid = generate_uid(entropy_srcs=[patient_id, "phi-series"])
+    instance_uid = generate_uid(entropy_srcs=[str(path), "phi-instance"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = instance_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.SpecificCharacterSet = "ISO_IR 100"  # latin-1: the umlaut below is written as one byte
+    attrs = {
+        "PatientName": name,
+        "PatientID": patient_id,
+        "PatientBirthDate": "19610723",
+        "PatientBirthTime": "031500",
+        "OtherPatientNames": "Grünewald^Ottilie",
+        "OtherPatientIDs": "MRN-ALT-553311",
+        "PatientMotherBirthName": "Quillfeather^Maud",
+        "PatientAddress": "42 Ravensworth Lane, Thistlebury",
+        "PatientTelephoneNumbers": "+44-5550-199314",
+        "PatientTelecomInformation": "ottilie@quillfeather.example",
+        "MedicalRecordLocator": "LOCKER-ZELDENRUST-9",
+        "Occupation": "Lamplighter",
+        "AdditionalPatientHistory": "Fell at Ravensworth quarry in spring",
+        "PatientComments": "Prefers Dr Ashgrove",
+        "ReasonForVisit": "Abdominal pain after Zeldenrust fair",
+        "ReferringPhysicianName": "Ashgrove^Bartholomew",
+        "RequestingPhysician": "Fairweather^Constance",
+        "PerformingPhysicianName": "Pemberton^Ysolde",
+        "OperatorsName": "Tremayne^Wilbur",
+        "InstitutionName": "Saint Wendeline Infirmary",
+        "InstitutionAddress": "17 Corvid Row, Thistlebury",
+        "InstitutionalDepartmentName": "Wendeline Radiology",
+        "StationName": "THISTLECT07",
+        "AccessionNumber": "ACC-7731904",
+        "StudyID": "STU-88213",
+        "StudyDescription": "Follow-up Ravensworth abdomen",
+        "SeriesDescription": "Ashgrove contrast series",
+        "ProtocolName": "Wendeline abdo protocol",
+        "RequestedProcedureDescription": "Quillfeather requested CT",
+        "PerformedProcedureStepDescription": "Tremayne performed CT",
+        "ImageComments": "Patient Grünewald was anxious",
+        "StudyDate": "20190412",
+        "SeriesDate": "20190412",
+        "AcquisitionDate": "20190412",
+        "ContentDate": "20190412",
+    }
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    text = Dataset()  # an SR-style text item: the table says D for the whole ContentSequence
+    text.RelationshipType, text.ValueType, text.TextValue = "CONTAINS", "TEXT", "Mass seen by Dr Fairweather"
+    ds.ContentSequence = [text]
+    nested = Dataset()  # kept sequences, two levels deep: the table applies inside them
+    nested.CodeValue, nested.CodingSchemeDesignator, nested.CodeMeaning = "121311", "DCM", "Localizer"
+    nested.InstitutionName = "Corvid Row Annex"
+    nested.EvaluatorName = "Nightingale^Perpetua"
+    nested.add_new(0x00290010, "LO", "ZELDENRUST PRIVATE")
+    nested.add_new(0x00291001, "LO", "Grünewald nested private")
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = ds.SOPClassUID
+    ref.ReferencedSOPInstanceUID = generate_uid(entropy_srcs=[str(path), "phi-reference"])
+    ref.PurposeOfReferenceCodeSequence = [nested]
+    ds.ReferencedImageSequence = [ref]
+    ds.add_new(0x00110010, "LO", "QUILLFEATHER PRIVATE")
+    ds.add_new(0x00111001, "LO", f"{name} {patient_id} Ravensworth")
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    planted = [v for k, v in attrs.items() if k != "PatientBirthTime" and len(v) >= 5]  # a time is not distinctive
+    planted += [text.TextValue, nested.InstitutionName, nested.EvaluatorName, "ZELDENRUST PRIVATE", "Grünewald"]
+    planted += ["QUILLFEATHER PRIVATE", "Ravensworth", study_uid, series_uid, instance_uid]
+    planted.append(ref.ReferencedSOPInstanceUID)
+    return list(dict.fromkeys(planted))
+
+
 # --- an in-memory test source: tests hand it a factory of samples -------------------------------------------
 
 FACTORIES: dict[str, Callable[[SourceContext], Iterable[SourceSample | Quarantined]]] = {}

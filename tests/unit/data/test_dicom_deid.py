@@ -7,27 +7,35 @@ quarantined by name, and no PHI value reaches any output file.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 
 from components.data.deid import (
-    REMOVE,
+    DATABASE,
+    METHOD,
     date_shift_days,
     deidentify_dataset,
     load_deid_key,
+    mark_clean_pixels,
     pseudonym,
+    remap_uid,
+    table,
 )
 from components.data.images import decode_file, dicom_pixels
-from components.data.samples import EMBEDDED_DICOM, embedded_sources, materialize_embedded_raw
+from components.data.pseudonyms import component_pseudonym
+from components.data.samples import EMBEDDED_DICOM, embedded_sources, materialize_embedded
 from components.data.sources import SOURCES, DataError, Quarantined, SourceContext, SourceSample
 from components.data.sources.dicom import DicomSourceConfig
-from tests.unit.data.helpers import KEY, PHI, PHI_STRINGS, build, phi_ct, tree_bytes, write_dicom
+from tests.unit.data.helpers import KEY, PHI, PHI_STRINGS, build, phi_ct, tree_bytes, write_dicom, write_phi_dicom
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -38,12 +46,12 @@ def read(ws: Path, path: str = "dicom") -> list[SourceSample | Quarantined]:
 
 
 def test_embedded_samples_copy_byte_identical_and_idempotent(tmp_path: Path) -> None:
-    files = materialize_embedded_raw(tmp_path)
+    files = materialize_embedded(tmp_path)
     assert [p.name for p in files] == sorted(name for _, _, name, _ in EMBEDDED_DICOM)
     assert {p.name: p.read_bytes() for p in files} == {p.name: p.read_bytes() for p in embedded_sources()}
     assert sum(p.stat().st_size for p in files) < 2_000_000
     before = {p: p.stat().st_mtime_ns for p in files}
-    materialize_embedded_raw(tmp_path)
+    materialize_embedded(tmp_path)
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
@@ -61,8 +69,8 @@ def test_embedded_samples_all_decode(embedded_ws: Path) -> None:
     for s in samples:
         assert s.group.startswith("pt-") and re.fullmatch(r"f-[0-9a-f]{12}/\w+", s.uid)
     answers = {s.image.key: s.answer for s in samples if s.meta["question_type"] == "modality_open"}
-    assert answers["data/raw/dicom/CT_small.dcm"] == "CT" and answers["data/raw/dicom/MR_small.dcm"] == "MRI"
-    assert answers["data/raw/dicom/JPEG2000.dcm"] == "nuclear medicine"
+    assert {"CT", "MRI", "nuclear medicine"} <= set(answers.values())  # CT_small, MR_small, JPEG2000
+    assert all(re.fullmatch(r"data/raw/dicom/pt-[0-9a-f]{16}/f-[0-9a-f]{16}\.dcm", k) for k in answers)  # ingested
 
 
 @pytest.mark.parametrize(
@@ -71,7 +79,8 @@ def test_embedded_samples_all_decode(embedded_ws: Path) -> None:
      ("US", "ultrasound"), ("SM", "pathology"), ("NM", "other"), ("", "other")],
 )  # fmt: skip
 def test_modality_from_header(tmp_path: Path, code: str, modality: str) -> None:
-    write_dicom(tmp_path / "dicom" / "a.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8), modality=code)
+    pixels = np.arange(64, dtype=np.uint16).reshape(8, 8)  # BurnedInAnnotation NO: no burned-in check (US)
+    write_dicom(tmp_path / "dicom" / "a.dcm", pixels, modality=code, BurnedInAnnotation="NO")
     samples = read(tmp_path)
     assert {s.modality for s in samples} == {modality}  # type: ignore[union-attr]
     qa = {s.meta["question_type"]: s for s in samples}  # type: ignore[union-attr]
@@ -119,14 +128,17 @@ def test_bad_files_are_quarantined_by_name(tmp_path: Path) -> None:
     os.symlink(tmp_path / "outside.dcm", folder / "link.dcm")
     report = build({"d": DicomSourceConfig(path="dicom")}, tmp_path / "out", tmp_path)
     names = ("notes.txt", "cut.dcm", "stub.dcm", "badvr.dcm", "nopixels.dcm", "burned.dcm", "link.dcm")
-    reasons = {n: " | ".join(q["reason"] for q in report.quarantined if n in q["key"] + q["reason"]) for n in names}
+    shown = {n: component_pseudonym(KEY, n) for n in names}  # messages name files by keyed path pseudonyms
+    reasons = {
+        n: " | ".join(q["reason"] for q in report.quarantined if shown[n] in q["key"] + q["reason"]) for n in names
+    }
     assert all(reasons.values()), reasons
     assert len(report.quarantined) == 6 + 3  # cut.dcm's three records each name the undecodable file
-    assert "not a DICOM file" in reasons["notes.txt"] and "dicom/notes.txt" in reasons["notes.txt"]
-    assert "dicom/cut.dcm" in reasons["cut.dcm"] and "cannot decode DICOM pixel data" in reasons["cut.dcm"]
-    assert "dicom/stub.dcm" in reasons["stub.dcm"] and "malformed header" in reasons["badvr.dcm"]
+    assert "not a DICOM file" in reasons["notes.txt"] and f"dicom/{shown['notes.txt']}" in reasons["notes.txt"]
+    assert f"dicom/{shown['cut.dcm']}" in reasons["cut.dcm"] and "cannot decode DICOM pixel data" in reasons["cut.dcm"]
+    assert f"dicom/{shown['stub.dcm']}" in reasons["stub.dcm"] and "malformed header" in reasons["badvr.dcm"]
     assert "no pixel data" in reasons["nopixels.dcm"] and "BurnedInAnnotation" in reasons["burned.dcm"]
-    assert "escapes" in reasons["link.dcm"]
+    assert "symbolic link" in reasons["link.dcm"]
     assert "Traceback" not in json.dumps(report.quarantined)
     assert report.records == 3  # only ok.dcm: a yes/no question, an open question, a caption
 
@@ -155,8 +167,9 @@ def test_deidentify_dataset_profile(tmp_path: Path) -> None:
     assert ds.SOPInstanceUID != original_uid and str(ds.SOPInstanceUID).startswith("2.25.")
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID  # references stay consistent
     assert ds.SOPClassUID == pydicom.uid.CTImageStorage  # well-known UIDs are kept
-    assert ds.PatientIdentityRemoved == "YES"
-    assert len(REMOVE) > 150 and all(pydicom.datadict.tag_for_keyword(k) for k in REMOVE)
+    assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod == METHOD
+    assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113107"]
 
 
 def test_same_patient_same_pseudonym_and_shift(tmp_path: Path) -> None:
@@ -181,9 +194,9 @@ def test_no_phi_in_any_output_file(tmp_path: Path) -> None:
     report = build({"hospital": DicomSourceConfig(path="raw/dicom")}, tmp_path / "out", tmp_path)
     files = tree_bytes(tmp_path / "out")
     assert report.records == 12 and len(report.quarantined) == 1 + 3
-    keys = {q["key"] for q in report.quarantined if "nopixels" in q["key"]}
-    assert keys == {"raw/dicom/[phi]_[phi]_nopixels.dcm"}
-    assert all("raw/dicom/[phi]_[phi]_cut.dcm" in q["reason"] for q in report.quarantined if "cut" in q["reason"])
+    nopixels, cut = (f"raw/dicom/{component_pseudonym(KEY, n)}" for n in ("Doe_Jane_nopixels.dcm", "Doe_Jane_cut.dcm"))
+    assert {q["key"] for q in report.quarantined if "raw/" in q["key"]} == {nopixels}  # keyed path pseudonyms
+    assert sum(cut in q["reason"] for q in report.quarantined) == 3  # the cut file's records name it
     leaks = ("CompressedSamples", "1CT1", "4MR1", "JFK IMAGING", *PHI_STRINGS)
     for name, data in files.items():
         for value in leaks:
@@ -193,6 +206,220 @@ def test_no_phi_in_any_output_file(tmp_path: Path) -> None:
     for name, data in files.items():
         if name.endswith(".png"):
             assert b"tEXt" not in data and b"iTXt" not in data and b"zTXt" not in data and b"eXIf" not in data
+
+
+# --- the whole E.1-1 table (issue 18): every attribute the library lists, set with PHI -----------------------------
+
+
+def _planted(i: int, vr: str) -> tuple[Any, str | None]:
+    """A PHI-looking value for the VR and the string to look for in the output (None: not distinctive)."""
+    token = f"QZ{i:03d}PHI"  # unique per attribute; 8 characters fit SH, CS and AE
+    day = dt.date(1900, 1, 1) + dt.timedelta(days=40 * i)  # a date per attribute
+    values: dict[str, tuple[Any, str | None]] = {
+        "PN": (f"{token}^Jane", token),
+        "UR": (f"http://{token.lower()}.example.org", token.lower()),
+        "UI": (f"1.2.826.0.1.3680043.10.543.{1000 + i}", f"1.2.826.0.1.3680043.10.543.{1000 + i}"),
+        "DA": (day.strftime("%Y%m%d"), None),  # dates and times: checked value by value below
+        "DT": (day.strftime("%Y%m%d") + "101500", None),
+        "TM": ("101500", None),
+        "AS": ("042Y", None),
+        "DS": (f"{1000 + i}.5", None),
+        "IS": (str(1000 + i), None),
+        "OB": (token.encode(), token),
+        "UN": (token.encode(), token),
+    }
+    values |= {vr: (token, token) for vr in ("AE", "CS", "SH")}
+    values |= {vr: (f"{token} of Ravensworth", token) for vr in ("LO", "LT", "ST", "UT", "UC")}
+    values |= {vr: (1000 + i, None) for vr in ("US", "SS", "UL", "SL")}
+    values |= {vr: (1000.5 + i, None) for vr in ("FL", "FD")}
+    return values.get(vr, (None, None))
+
+
+def _phi_item(token: str, i: int) -> pydicom.Dataset:
+    """A sequence item with a person name (not in the table), a listed LO and a UID carrying PHI."""
+    item = pydicom.Dataset()
+    item.EvaluatorName = f"{token}^Eval"
+    item.InstitutionName = f"{token} Infirmary"
+    item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.544.{1000 + i}"
+    return item
+
+
+def _every_table_attribute() -> tuple[bytes, dict[int, Any], list[str], list[str]]:
+    """CT_small with every attribute of the library's table that pydicom knows set to PHI, plus private tags,
+    overlay/curve groups and PHI two sequence levels deep. Returns (file bytes, {tag: value}, PHI, skipped)."""
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.uid import CTImageStorage
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    planted: dict[int, Any] = {}
+    phi = ["Ravensbrück", "QZPRIVTOP", "QZPRIVSEQ", "QZNESTED", "QZCURVE", "1.2.826.0.1.3680043.10.545.7"]
+    skipped: list[str] = []
+    for i, tag in enumerate(sorted(table())):
+        group = tag >> 16
+        vr = dictionary_VR(tag) if keyword_for_tag(tag) else ""
+        if group == 0x0002 or tag == 0x00100010:  # MediaStorageSOPInstanceUID, PatientName: set below
+            continue
+        if not vr or group == 0x0000:  # unknown to pydicom 3.0.2 (newer than its dictionary); DIMSE commands
+            skipped.append(f"{tag:08X} {keyword_for_tag(tag) or '?'}")
+            continue
+        if vr == "SQ":
+            value, search = [_phi_item(f"QZ{i:03d}PHI", i)], f"QZ{i:03d}PHI"
+            phi.append(f"1.2.826.0.1.3680043.10.544.{1000 + i}")
+        else:
+            value, search = _planted(i, vr)
+            if value is None:
+                skipped.append(f"{tag:08X} {keyword_for_tag(tag)} ({vr})")
+                continue
+        ds.add_new(tag, vr, value)
+        planted[tag] = value
+        phi += [search] if search else []
+    ds.PatientName = planted[0x00100010] = "Ravensbrück^Jürgen"  # ISO_IR 100: written as latin-1
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    planted[0x00020003] = ds.SOPInstanceUID
+    ds.add_new(0x00090010, "LO", "QZPRIVTOP creator")  # private tags at the top level ...
+    ds.add_new(0x00091001, "LO", "QZPRIVTOP Ravensbrück")
+    deep = _phi_item("QZNESTED", 7)
+    deep.ReferencedSOPClassUID, deep.ReferencedSOPInstanceUID = CTImageStorage, "1.2.826.0.1.3680043.10.545.7"
+    deep.add_new(0x00430010, "LO", "QZPRIVSEQ deep")
+    deep.add_new(0x00431001, "LO", "QZPRIVSEQ deep value")
+    outer = pydicom.Dataset()  # ProcedureCodeSequence and PurposeOfReferenceCodeSequence: not in the table, kept
+    outer.CodeValue, outer.CodingSchemeDesignator, outer.CodeMeaning = "CTABD", "99LOCAL", "CT abdomen"
+    outer.add_new(0x00290010, "LO", "QZPRIVSEQ creator")  # ... and inside a sequence
+    outer.add_new(0x00291001, "LO", "QZPRIVSEQ value")
+    outer.PurposeOfReferenceCodeSequence = [deep]
+    ds.ProcedureCodeSequence = [outer]
+    ds.add_new(0x60000010, "US", 128)  # an overlay group and a curve group
+    ds.add_new(0x60003000, "OW", b"\x00\x01" * 8)
+    ds.add_new(0x50002500, "LO", "QZCURVE label")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), planted, phi, skipped
+
+
+def _deid_bytes(raw: bytes, key: bytes) -> tuple[bytes, pydicom.Dataset]:
+    ds = deidentify_dataset(pydicom.dcmread(io.BytesIO(raw)), key, max_date_shift_days=30)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), ds
+
+
+def test_every_attribute_of_the_table_is_deidentified(capsys: pytest.CaptureFixture[str]) -> None:
+    raw, planted, phi, skipped = _every_table_attribute()
+    assert len(planted) >= 600 and len(planted) + len(skipped) == len(table()), skipped
+    assert all(len(s) >= 5 and (s.encode("utf-8") in raw or s.encode("latin-1") in raw) for s in phi)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, ds = _deid_bytes(raw, KEY)
+    assert capsys.readouterr().out == "" and not caught  # the library's prints and pydicom's warnings stay in
+    leaks = [s for s in phi if s.encode("utf-8") in out or s.encode("latin-1") in out]
+    assert not leaks
+    shift = date_shift_days(KEY, str(planted[0x00100020]).strip(), 30)
+    assert ds.PatientID == ds.PatientName == pseudonym(KEY, str(planted[0x00100020]).strip())
+    for tag, value in planted.items():
+        elem = (ds.file_meta if tag >> 16 == 2 else ds).get(tag)
+        if tag in (0x00100010, 0x00100020):
+            continue
+        vr = pydicom.datadict.dictionary_VR(tag)
+        if tag == 0x00100030:
+            assert elem.value == "", "PatientBirthDate is emptied"
+        elif tag == 0x00100032:
+            assert elem is None, "PatientBirthTime is removed"
+        elif vr in ("DA", "DT"):  # the modified-dates option: every date moved back, D and X included
+            day = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) - dt.timedelta(days=shift)
+            assert elem.value == day.strftime("%Y%m%d") + value[8:], elem
+        elif vr == "TM":
+            assert elem.value == value, elem  # times of day stay with the shifted dates
+        else:
+            assert elem is None or elem.value != value, elem  # removed, emptied, dummy or re-mapped
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID == remap_uid(KEY, planted[0x00020003])
+    assert ds.ContentDate != "00010101" and ds.ClinicalTrialSponsorName == "ANONYMIZED"  # D: shifted; dummy
+    item = ds.ReferencedImageSequence[0]  # X/Z/U*: kept, and the table applies inside
+    assert "InstitutionName" not in item and item.EvaluatorName == ""
+    assert item.ReferencedSOPInstanceUID == remap_uid(KEY, planted[0x00081140][0].ReferencedSOPInstanceUID)
+    deep = ds.ProcedureCodeSequence[0].PurposeOfReferenceCodeSequence[0]
+    assert deep.ReferencedSOPClassUID == pydicom.uid.CTImageStorage and "InstitutionName" not in deep
+    assert deep.ReferencedSOPInstanceUID == remap_uid(KEY, "1.2.826.0.1.3680043.10.545.7")
+    assert "OperatorsName" not in ds and "InstitutionName" not in ds and "StationName" not in ds  # X/Z/D: X
+    assert not [e for e in ds.iterall() if e.tag.is_private or e.tag.group in (0x5000, 0x6000)]
+    content = ds.ContentSequence[0]  # D: the sequence stays, its items cleaned (dummies: the text item test)
+    assert "InstitutionName" not in content and content.EvaluatorName == "" and len(ds.SpecimenPreparationSequence) == 0
+    again, _ = _deid_bytes(raw, KEY)
+    other, other_ds = _deid_bytes(raw, b"another-key-0123456789abcdef")
+    assert again == out  # deterministic: no random UIDs, no time stamps
+    assert other_ds.SOPInstanceUID != ds.SOPInstanceUID and other_ds.PatientID != ds.PatientID
+    assert other_ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID != item.ReferencedSOPInstanceUID
+
+
+def test_table_is_the_newest_the_library_ships() -> None:
+    import pkgutil
+
+    from dicomanonymizer import dicom_anonymization_databases as databases
+    from dicomanonymizer.simpledicomanonymizer import initialize_actions
+
+    assert max(m.name for m in pkgutil.iter_modules(databases.__path__)) == DATABASE
+    rules = initialize_actions(DATABASE)
+    assert set(table()) == {(t[0] << 16) | t[1] for t in rules if len(t) == 2} and len(table()) > 600
+    assert len(METHOD) <= 64 and DATABASE.rsplit("_", 1)[1] in METHOD
+
+
+def test_pixel_data_is_never_read(tmp_path: Path) -> None:
+    path = tmp_path / "a.dcm"
+    write_phi_dicom(path)
+    ds = pydicom.dcmread(path, defer_size=1024)  # the 32 KB of pixel data stay on disk
+    path.unlink()  # a deferred read now fails
+    deidentify_dataset(ds, KEY)
+    assert ds.get_item(0x7FE00010, keep_deferred=True).value is None
+
+
+def test_unparseable_values_are_dropped_quietly(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the bad values set here
+        ds.StudyDate, ds.SeriesDate, ds.StudyTime = "2019-04-12", "20190230", "Doe^Jane"
+        ds.AcquisitionDateTime, ds.ContentDate = "2019", ["20190412", "20190413"]
+        ds.FrameOfReferenceUID = "1.2.Doe^Jane"
+        ds.save_as(buffer)
+    raw = buffer.getvalue()
+    with caplog.at_level("WARNING"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pydicom.dcmread(io.BytesIO(raw)).FrameOfReferenceUID and caplog.records and caught  # quotes the value
+        caplog.clear(), caught.clear()
+        ds = deidentify_dataset(pydicom.dcmread(io.BytesIO(raw)), KEY, max_date_shift_days=1)
+    assert not caplog.records and not caught and capsys.readouterr() == ("", "")
+    assert ds.StudyDate == ds.SeriesDate == ds.StudyTime == ds.AcquisitionDateTime == ""
+    assert list(ds.ContentDate) == ["20190411", "20190412"]
+    assert ds.FrameOfReferenceUID == remap_uid(KEY, "1.2.Doe^Jane")
+
+
+def test_mark_clean_pixels() -> None:
+    ds = deidentify_dataset(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm"), KEY)
+    ds.BurnedInAnnotation = "YES"
+    mark_clean_pixels(mark_clean_pixels(ds))
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113107", "113101"]
+    assert ds.DeidentificationMethodCodeSequence[2].CodeMeaning == "Clean Pixel Data Option"
+    assert ds.BurnedInAnnotation == "NO" and ds.DeidentificationMethod == METHOD
+    first = mark_clean_pixels(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm"))  # the intake masks, then de-identifies
+    first.DeidentificationMethodCodeSequence.append(pydicom.Dataset())  # someone else's claim: not kept
+    first.DeidentificationMethodCodeSequence[-1].CodeValue = "113108"
+    deidentify_dataset(first, KEY)
+    assert [c.CodeValue for c in first.DeidentificationMethodCodeSequence] == ["113100", "113107", "113101"]
+
+
+def test_write_phi_dicom_plants_what_deid_removes(tmp_path: Path) -> None:
+    path = tmp_path / "phi.dcm"
+    phi = write_phi_dicom(path, extra={"BodyPartExamined": "ABDOMEN"})
+    raw = path.read_bytes()
+    assert len(phi) >= 40 and all(len(s) >= 5 for s in phi) and {"Doe^Jane", "MRN-998877"} <= set(phi)
+    assert all(s.encode("utf-8") in raw or s.encode("latin-1") in raw for s in phi)
+    out, ds = _deid_bytes(raw, KEY)
+    assert not [s for s in phi if s.encode("utf-8") in out or s.encode("latin-1") in out]
+    assert ds.BodyPartExamined == "ABDOMEN" and ds.PatientID == pseudonym(KEY, "MRN-998877")
+    assert ds.ContentSequence[0].TextValue == "ANONYMIZED"  # D on the ContentSequence: the library's dummy
+    other = write_phi_dicom(tmp_path / "b.dcm", name="Roe^Richard", patient_id="MRN-123450")
+    assert "Roe^Richard" in other and other[-3] != phi[-3]  # another file: another instance UID
 
 
 def test_load_deid_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
