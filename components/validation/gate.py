@@ -160,8 +160,10 @@ def _run_suite(df: pd.DataFrame, checks: list[Check], docs_dir: Path | None, run
     )
     result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
     ((identifier, suite_result),) = result.run_results.items()
-    page = docs.page_path(ctx, identifier) if docs_dir is not None else None
-    return suite_result, page
+    if docs_dir is None:
+        return suite_result, None
+    docs.make_offline(docs_dir)
+    return suite_result, docs.page_path(ctx, identifier)
 
 
 def _failure(check: Check, expectation_type: str, res: Any, by_row: pd.DataFrame, sample_rows: int) -> Failure:
