@@ -25,7 +25,8 @@ from pathlib import Path
 
 from components.config.loader import load_config
 from components.data.build import BuildReport, build_dataset
-from components.data.samples import materialize_embedded_raw
+from components.data.intake import ingest
+from components.data.samples import materialize_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,18 @@ def main() -> None:
     ).data
     with tempfile.TemporaryDirectory(prefix="medtune-data-bench-") as tmp:
         ws = Path(tmp)
-        materialize_embedded_raw(ws / cfg.raw)
+        materialize_embedded(ws / cfg.intake)  # identified, as published; de-identified into the raw tree
+        key = b"benchmark-key-0123456789abcdef"
+        ingest(
+            dict(cfg.sources),
+            workspace=ws,
+            raw=cfg.raw,
+            intake=cfg.intake,
+            key=key,
+            secrets=ws / "secrets",
+            stamps=ws / "stamps",
+            burned_in=cfg.deid.burned_in,
+        )
 
         def run(out: str, workers: int, force: bool = True) -> tuple[float, BuildReport]:
             t = time.perf_counter()
@@ -64,7 +76,7 @@ def main() -> None:
                 split_seed=cfg.splits.seed,
                 on_error=cfg.on_error,
                 workers=workers,
-                deid_key=b"benchmark-key-0123456789abcdef",
+                deid_key=key,
                 seed=0,
                 force=force,
             )

@@ -182,7 +182,7 @@ def deidentify_dataset(ds: Any, key: bytes, *, max_date_shift_days: int = 365, p
     pid = patient_id if patient_id is not None else str(ds.get("PatientID", "") or "").strip()
     clean_pixels = _has_code(ds, "113101")  # mark_clean_pixels may come first (the intake masks, then calls us)
     run = _Run(key, date_shift_days(key, pid, max_date_shift_days), pseudonym(key, pid), table())
-    with _quiet():
+    with quiet_pydicom():
         _clean(ds, run, top=True, dummy=False)
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
@@ -212,7 +212,7 @@ def _has_code(ds: Any, value: str) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_pydicom() -> Iterator[None]:
     """No warning and no log line while values are read: pydicom's messages about an invalid value quote it (PHI);
     both go through process-wide switches, restored on exit (readers run in one thread per process)."""
     logger = logging.getLogger("pydicom")

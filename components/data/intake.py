@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from components.data.deid import quiet_pydicom
 from components.data.pseudonyms import PathPseudonyms
 from components.data.sources.base import DataError
 
@@ -161,7 +162,8 @@ def _ingest_folder(
             rel = path.relative_to(src).as_posix()
             shown = f"{shown_root}/{names.path(rel)}"
             try:
-                out_rel, data, outcome = _one_file(source, path, rel, key, burned_in, shift)
+                with quiet_pydicom():  # pydicom's warnings about a bad value quote the value: PHI
+                    out_rel, data, outcome = _one_file(source, path, rel, key, burned_in, shift)
             except _Refused as e:
                 counts["quarantined"] += 1
                 bad.append({"source": source, "key": shown, "reason": f"{shown}: {e}"})
@@ -217,7 +219,7 @@ def _one_file(
         if why is not None:
             result = clean_dataset(ds, burned_in)
             if result.action == "quarantine":
-                raise _Refused(f"burned-in text found ({result.reason}); data.deid.burned_in is 'quarantine'")
+                raise _Refused(f"{result.reason} (data.deid.burned_in: {burned_in})")
             outcome = result.action
             mark_clean_pixels(ds)  # checked (and masked where text was found): BurnedInAnnotation NO
         pid = str(ds.get("PatientID", "") or "").strip()

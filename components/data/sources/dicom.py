@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.data.defined_terms import body_part_term, modality_term
+from components.data.pseudonyms import PathPseudonyms
 from components.data.sources.base import (
     DataError,
     Quarantined,
@@ -77,12 +78,7 @@ def _coin(key: bytes, text: str) -> int:
 
 @register_source("dicom", DicomSourceConfig)
 def read_dicom(cfg: DicomSourceConfig, ctx: SourceContext) -> Iterator[SourceSample | Quarantined]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    from components.data.deid import deidentify_dataset, pseudonym
-    from components.data.images import error_detail
-    from components.data.pseudonyms import PathPseudonyms
+    from components.data.deid import quiet_pydicom
 
     folder = safe_path(ctx.root, cfg.path, what=f"source {ctx.name!r} (dicom)")
     if not folder.is_dir():
@@ -95,44 +91,65 @@ def read_dicom(cfg: DicomSourceConfig, ctx: SourceContext) -> Iterator[SourceSam
     names = PathPseudonyms(ctx.deid_key, ctx.pseudonym_map)
     try:
         for index, path in enumerate(files):
-            rel = path.relative_to(folder).as_posix()
-            key = f"{cfg.path}/{names.path(rel)}"  # no file or folder name is ever shown: they may name patients
-            try:
-                safe_path(folder, rel, what=f"source {ctx.name!r} file {key}")
-            except DataError:
-                yield Quarantined(key, f"{key}: a symbolic link out of the folder is refused")
-                continue
-            try:  # large elements (the pixel data) stay on disk: the image workers decode them
-                ds = pydicom.dcmread(path, defer_size="64 KB")
-            except InvalidDicomError:
-                yield Quarantined(key, f"{key}: not a DICOM file (no DICM preamble)")
-                continue
-            except Exception as e:  # a truncated or corrupt header: quarantine, never a traceback
-                yield Quarantined(key, f"{key}: unreadable DICOM header ({error_detail(e)})")
-                continue
-            try:  # a malformed element (a date, a count, a name) quarantines the file, never a traceback
-                problem = _refusal(ds, ctx.name)
-                if problem is None:
-                    if _deidentified_by_medtune(ds):
-                        group = str(ds.get("PatientID", "") or "")  # the pseudonym the intake wrote
-                    else:
-                        pid = str(ds.get("PatientID", "") or "").strip()
-                        fallback = str(ds.get("StudyInstanceUID", "") or "") or f"file:{ctx.name}/{rel.casefold()}"
-                        patient = pid or f"study:{fallback}"
-                        shift = cfg.max_date_shift_days or 365
-                        deidentify_dataset(ds, ctx.deid_key, max_date_shift_days=shift, patient_id=patient)
-                        group = pseudonym(ctx.deid_key, patient)
-                    ask_true = (index + parity) % 2 == 0  # alternate files ask a true / a wrong modality: balanced
-                    image = SourceImage(key=key, path=path)  # decoded by the image workers (components.data.images)
-                    samples = list(_samples(cfg, ctx, ds, image, group, site, ask_true))
-            except Exception as e:
-                problem = f"malformed header ({error_detail(e)})"
-            if problem is not None:
-                yield Quarantined(key, f"{key}: {problem}")
-            else:
-                yield from samples
+            with quiet_pydicom():  # pydicom's warnings about a bad value quote the value: PHI
+                result = list(_read_one(cfg, ctx, folder, path, index, parity, names, site))
+            yield from result
     finally:
         names.save()
+
+
+def _read_one(
+    cfg: DicomSourceConfig,
+    ctx: SourceContext,
+    folder: Path,
+    path: Path,
+    index: int,
+    parity: int,
+    names: PathPseudonyms,
+    site: str,
+) -> Iterator[SourceSample | Quarantined]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from components.data.deid import deidentify_dataset, pseudonym
+    from components.data.images import error_detail
+
+    rel = path.relative_to(folder).as_posix()
+    key = f"{cfg.path}/{names.path(rel)}"  # no file or folder name is ever shown: they may name patients
+    try:
+        safe_path(folder, rel, what=f"source {ctx.name!r} file {key}")
+    except DataError:
+        yield Quarantined(key, f"{key}: a symbolic link out of the folder is refused")
+        return
+    try:  # large elements (the pixel data) stay on disk: the image workers decode them
+        ds = pydicom.dcmread(path, defer_size="64 KB")
+    except InvalidDicomError:
+        yield Quarantined(key, f"{key}: not a DICOM file (no DICM preamble)")
+        return
+    except Exception as e:  # a truncated or corrupt header: quarantine, never a traceback
+        yield Quarantined(key, f"{key}: unreadable DICOM header ({error_detail(e)})")
+        return
+    try:  # a malformed element (a date, a count, a name) quarantines the file, never a traceback
+        problem = _refusal(ds, ctx.name)
+        if problem is None:
+            if _deidentified_by_medtune(ds):
+                group = str(ds.get("PatientID", "") or "")  # the pseudonym the intake wrote
+            else:
+                pid = str(ds.get("PatientID", "") or "").strip()
+                fallback = str(ds.get("StudyInstanceUID", "") or "") or f"file:{ctx.name}/{rel.casefold()}"
+                patient = pid or f"study:{fallback}"
+                shift = cfg.max_date_shift_days or 365
+                deidentify_dataset(ds, ctx.deid_key, max_date_shift_days=shift, patient_id=patient)
+                group = pseudonym(ctx.deid_key, patient)
+            ask_true = (index + parity) % 2 == 0  # alternate files ask a true / a wrong modality: balanced
+            image = SourceImage(key=key, path=path)  # decoded by the image workers (components.data.images)
+            samples = list(_samples(cfg, ctx, ds, image, group, site, ask_true))
+    except Exception as e:
+        problem = f"malformed header ({error_detail(e)})"
+    if problem is not None:
+        yield Quarantined(key, f"{key}: {problem}")
+    else:
+        yield from samples
 
 
 def _deidentified_by_medtune(ds: Any) -> bool:

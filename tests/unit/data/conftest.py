@@ -10,8 +10,8 @@ import pytest
 
 from components.data.intake import ingest
 from components.data.samples import materialize_embedded
-from components.data.sources.dicom import DicomSourceConfig
 from components.data.sources.base import SOURCES, Quarantined, SourceContext, SourceSample, SourceSpec
+from components.data.sources.dicom import DicomSourceConfig
 from tests.unit.data.helpers import FACTORIES, KEY, ListSourceConfig, read_list
 
 

@@ -174,7 +174,8 @@ def test_too_few_records_fail_and_keep_the_previous_dataset(tmp_path: Path, list
     before = tree_bytes(out)
     with pytest.raises(DataError, match=r"produced 0 records, fewer than validate.min_records = 1") as e:
         build({"s": list_source("all_bad", all_bad)}, out, tmp_path)
-    assert "4 quarantined: 4 x PHI pattern in question: date" in str(e.value) and "previous dataset was kept" in str(e.value)
+    assert "4 quarantined: 4 x PHI pattern in question: date" in str(e.value)
+    assert "previous dataset was kept" in str(e.value)
     with pytest.raises(DataError, match="produced 4 records, fewer than validate.min_records = 5"):
         build({"s": list_source("good", good)}, out, tmp_path, min_records=5)
     assert tree_bytes(out) == before

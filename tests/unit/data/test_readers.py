@@ -649,8 +649,13 @@ def test_vqa_rad_builds_over_314_images_with_zero_group_leakage(tmp_path: Path) 
 def test_breastmnist_builds_780_records_in_official_splits(tmp_path: Path) -> None:
     cfg = SOURCES["medmnist"].config(path=str(shared("breastmnist", "breastmnist.npz")))
     report, records = build(tmp_path, "breastmnist", cfg)
-    assert len(records) == 780 and report.per_split == {"train": 546, "val": 78, "test": 156}
+    assert len(records) == 778 and report.per_split == {"train": 545, "val": 78, "test": 155}
     assert all(r.split == r.meta["official_split"] for r in records)
     assert all(len(s) == 1 for s in splits_per(records, "group").values())
-    # the one image published in both train and test (with opposite labels) is stored once and reported
-    assert report.images == 779 and report.official_split_conflicts == 1
+    assert all(len(s) == 1 for s in splits_per(records, "image_sha256").values())
+    # the one image published in both train and test (with opposite labels) is reported and both records dropped
+    assert report.images == 778 and report.official_split_conflicts == 1
+    assert sorted(q["reason"].split(" is also in ")[1][:18] for q in report.quarantined) == [
+        "the official test ",
+        "the official train",
+    ]
