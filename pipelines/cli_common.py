@@ -1,9 +1,13 @@
 """What every ``medtune`` command shares: the consoles, the config option and overrides, exit-code helpers, the
-standalone command's parent MLflow run, and rich progress bars (see :mod:`pipelines.cli`)."""
+standalone command's parent MLflow run, rich progress bars (see :mod:`pipelines.cli`), and where the flows' logs
+go (:func:`route_flow_logs`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import logging.handlers
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +17,7 @@ import typer
 from rich.console import Console
 
 from components.config import ConfigError
-from components.runtime import WorkspaceError
+from components.runtime import StatePaths, WorkspaceError
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -24,6 +28,60 @@ ConfigOpt = Annotated[
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Dotted overrides, e.g. data.workers=2 data.sources.phantom.subjects=8.")
 ]
+
+
+#: Prefect's loggers for flow and task runs: they report a failed stage (the task's and the flow's exception with
+#: a traceback each, and both final states).
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+LOG_MAX_BYTES, LOG_BACKUPS = 10_000_000, 3
+
+
+def flow_log_file(state: StatePaths) -> Path:
+    """The log of the flows run in this workspace: every warning and error of their runs, tracebacks included."""
+    return state.root / "logs" / "medtune.log"
+
+
+class _NoRunFailures(logging.Filter):
+    """Drops the run loggers' errors from a console handler: the failed stage raises to the command, which prints
+    its message once (``fail``); the records, tracebacks included, still reach the log file and Prefect's API."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith(RUN_LOGGERS))
+
+
+class _FlowLogFile(logging.handlers.RotatingFileHandler):
+    """The log file handler (a class of its own, so a second call finds it and does not add another)."""
+
+
+def route_flow_logs(log_file: Path) -> Path:
+    """Send the flow and task runs' log records to ``log_file`` too, and keep their errors off the console.
+
+    Before (issue 18), a failed stage printed its message four times with two Prefect tracebacks: Prefect logs
+    the task's failure with a traceback, its final state, then the flow's failure with a traceback, all through
+    the root logger's console handler, and the command printed the message. Prefect's own logging set-up runs
+    first (it would replace handlers added before it). Calling again changes nothing but the file, when another
+    workspace's flow runs in the same process. Returns ``log_file``."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    loggers = [logging.getLogger(name) for name in RUN_LOGGERS]
+    for stale in {h for logger in loggers for h in logger.handlers if isinstance(h, _FlowLogFile)}:
+        if stale.baseFilename != os.path.abspath(log_file):  # how FileHandler spells it
+            for logger in loggers:
+                logger.removeHandler(stale)
+            stale.close()
+    if not any(isinstance(h, _FlowLogFile) for logger in loggers for h in logger.handlers):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = _FlowLogFile(log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+        for logger in loggers:  # one handler for both: one file, rotated once
+            logger.addHandler(handler)
+    consoles = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]  # fmt: skip
+    for console_handler in consoles:
+        if not any(isinstance(f, _NoRunFailures) for f in console_handler.filters):
+            console_handler.addFilter(_NoRunFailures())
+    return log_file
 
 
 class UsageError(Exception):

@@ -16,6 +16,7 @@ The flow opens one parent MLflow run (tags: data version, git commit, config has
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from components.config import config_dict
 from components.tracking import flatten_params
 from pipelines import stages
+from pipelines.cli_common import flow_log_file, route_flow_logs
 from pipelines.context import Context, apply_threads, git_info, resolve, write_params
 from pipelines.federated import federated_stage
 from pipelines.promote import register_stage
@@ -115,7 +117,13 @@ def retrain(workspace: str, config: str, overrides: list[str], skip_unchanged: b
     """Build and validate VL-Health (then, as they land, train, evaluate, grade and register). With
     ``skip_unchanged`` (scheduled runs) it stops after the data stage when the champion has the same data version."""
     ctx = resolve(Path(config), overrides, workspace=Path(workspace))
-    return run_stages(ctx, [_as_task(stage) for stage in stages_for(ctx)], _echo, skip_unchanged=skip_unchanged)
+    log_file = route_flow_logs(flow_log_file(ctx.state))  # Prefect's report of a failure: the file, not the console
+    try:
+        return run_stages(ctx, [_as_task(stage) for stage in stages_for(ctx)], _echo, skip_unchanged=skip_unchanged)
+    except Exception:
+        # the command prints the failure itself, once; this says where the rest is
+        print(f"retrain: the run's log, tracebacks included: {log_file}", file=sys.stderr, flush=True)
+        raise
 
 
 #: Parent-run tag of a run that exited early; its value says why.
