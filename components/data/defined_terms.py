@@ -11,9 +11,9 @@ anything else becomes ``other``. A hospital's BodyPartExamined sometimes holds a
   listed in :data:`LEGACY_BODY_PARTS`. A value matches after upper-casing and dropping spaces, underscores,
   hyphens and commas, so ``"WHOLE BODY"``, ``"Whole_Body"`` and ``"WHOLEBODY"`` are one term.
 
-    >>> body_part_term("ABDOMEN"), body_part_term("WHOLE BODY"), body_part_term("Ravensworth")
+    >>> body_part_term("ABDOMEN"), body_part_term("WHOLE BODY"), body_part_term("Kestrelmoor")
     ('abdomen', 'entire body', 'other')
-    >>> modality_term("MR"), modality_term("Ravensworth")
+    >>> modality_term("MR"), modality_term("Kestrelmoor")
     ('MR', 'other')
 """
 

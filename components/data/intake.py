@@ -226,6 +226,7 @@ def _one_file(
         study = str(ds.get("StudyInstanceUID", "") or "")
         patient = pid or (f"study:{study}" if study else f"file:{source}/{rel.casefold()}")
         deidentify_dataset(ds, key, max_date_shift_days=shift, patient_id=patient)
+        _defined_terms_only(ds)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
     except _Refused:
@@ -234,6 +235,18 @@ def _one_file(
         raise _Refused(f"cannot be de-identified ({error_detail(e)})") from None
     file_id = "f-" + hmac.new(key, f"file:{source}/{rel.casefold()}".encode(), hashlib.sha256).hexdigest()[:16]
     return f"{pseudonym(key, patient)}/{file_id}.dcm", buf.getvalue(), outcome
+
+
+def _defined_terms_only(ds: Any) -> None:
+    """The basic profile keeps Modality and BodyPartExamined, which consoles let people type into: a value
+    that is not one of the standard's defined terms is free text and does not leave the intake (Modality
+    becomes OT, "other"; BodyPartExamined is emptied, its type 2 meaning "unknown")."""
+    from components.data.defined_terms import OTHER, body_part_term, modality_term
+
+    if "BodyPartExamined" in ds and body_part_term(ds.BodyPartExamined) == OTHER:
+        ds.BodyPartExamined = ""
+    if "Modality" in ds and modality_term(ds.Modality) == OTHER:
+        ds.Modality = "OT"
 
 
 def _files(folder: Path) -> list[Path]:

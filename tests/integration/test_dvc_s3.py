@@ -95,7 +95,7 @@ def _plant_intake(ws: Path) -> list[str]:
     stray = ws / "data" / "intake" / "Oakhurst_Penelope"
     stray.mkdir(parents=True)
     (stray / "Oakhurst_Penelope.dcm").write_bytes(whole)
-    return sorted({p for p in phi if len(p) >= 5})
+    return sorted({str(p) for p in phi if len(str(p)) >= 5})
 
 
 def _leaks(data: bytes, phi: list[str]) -> list[str]:

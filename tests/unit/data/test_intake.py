@@ -90,12 +90,12 @@ def test_ingest_deidentifies_names_paths_and_free_text(tmp_path: Path) -> None:
     assert len(files) == 3 and all(name.startswith("pt-") and "/f-" in name for name in files)
     assert len({name.split("/")[0] for name in files}) == 2  # Doe_Jane and DOE_JANE: one patient
     for name, data in files.items():
-        assert not [s for s in (*PHI_STRINGS, "Doe_Jane", "follow-up") if s.encode() in data], name
+        assert not [s for s in (*PHI_STRINGS, "Doe_Jane", "follow-up", "Fennimore") if s.encode() in data], name
         assert pydicom.dcmread(raw / name).PatientIdentityRemoved == "YES"
-    # the records: free text becomes "other", never a caption
+    # free text does not leave the intake (BodyPartExamined emptied: "unknown"), nor become a caption
     report_b = build({"hospital": SOURCES["hospital"]}, tmp_path / "ds", tmp_path)
     records = (tmp_path / "ds" / "records.jsonl").read_text()
-    assert report_b.records == 9 and "Fennimore" not in records and '"body_part":"other"' in records
+    assert report_b.records == 9 and "Fennimore" not in records and '"body_part":"abdomen"' in records
     # the map back stays beside the key
     mapping = json.loads((tmp_path / ".medtune" / "secrets" / MAP_FILE).read_text())
     assert "Doe_Jane_referral.txt" in mapping.values()
