@@ -138,11 +138,20 @@ def data_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, Any]:
     session = connect(ctx)
     with session.child(parent, "data") as run_id:
         raw = prepare_raw(ctx, echo)
-        result = dvc(ctx.workspace, "repro", "build", check=False, echo=echo)
+        held: list[str] = []
+
+        def live(line: str) -> None:  # the failure's own lines become the stage's message, said once
+            if line.startswith(("data build failed:", "config error:", "ERROR:")):
+                held.append(line)
+            else:
+                echo(line)
+
+        result = dvc(ctx.workspace, "repro", "build", check=False, echo=live)
         if result.returncode != 0:
             session.log_dict(run_id, {"dvc_output": result.output}, "dvc_repro_build.json")
-            tail = "\n".join(result.output.splitlines()[-8:])
-            raise StageFailed("data", f"dvc repro build exited {result.returncode}:\n{tail}")
+            cause = [line for line in held if not line.startswith("ERROR:")] or held
+            detail = "\n".join(cause) if cause else "\n".join(result.output.splitlines()[-8:])
+            raise StageFailed("data", f"dvc repro build exited {result.returncode}: {detail}")
         reused = stage_reused(result.output, "build")
         out = ctx.config.data.out
         version = output_hash(ctx.workspace, "build", out)
@@ -196,7 +205,7 @@ def validate_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, A
     """``dvc repro validate``: the Great Expectations gate; failure stops the flow with a readable report."""
     session = connect(ctx)
     with session.child(parent, "validate") as run_id:
-        result = dvc(ctx.workspace, "repro", "validate", check=False, echo=echo)
+        result = dvc(ctx.workspace, "repro", "validate", check=False)  # echoed below: once, on success
         report_path = ctx.workspace / VALIDATION_REPORT
         report = json.loads(report_path.read_text()) if report_path.exists() else None
         if report_path.exists():
@@ -211,6 +220,8 @@ def validate_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, A
         if result.returncode != 0 or report is None or not report.get("success"):
             lines = report.get("summary", []) if report else result.output.splitlines()[-8:]
             raise StageFailed("validate", "\n".join(lines))
+        for line in result.output.splitlines():
+            echo(line)
         echo("validate: " + (report.get("summary") or ["passed"])[0])
         return {"success": True, "report": str(report_path), "run_id": run_id}
 

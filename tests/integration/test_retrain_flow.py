@@ -139,19 +139,29 @@ def test_bad_config_file_key_exits_2(make_workspace, netguard, tmp_path: Path) -
     ]
 
 
-def test_failed_validation_stops_the_flow(make_workspace, serve_ui, netguard) -> None:
+def test_failed_data_and_validation_stop_the_flow_saying_why_once(make_workspace, serve_ui, netguard) -> None:
     ws = make_workspace()
+    # too few records (issue 18): the build refuses before anything is replaced; the cause is said once
     r = medtune(["run", *SMALL, "validate.min_records=100000"], ws, cli_env(netguard))
     assert r.returncode == 1, r.output
-    assert "stage 'validate' failed" in r.stderr
-    assert "expect_table_row_count_to_be_between" in r.stderr
+    assert r.output.count("fewer than validate.min_records = 100000") == 1, r.output
+    assert r.output.count("stage 'data' failed") == 1 and "Traceback" not in r.output, r.output
+    assert not (ws / "data" / "vlhealth").exists()
+    assert "Traceback" in (ws / ".medtune" / "logs" / "medtune.log").read_text()  # the trace: in the log only
+    # a failed expectation
+    r = medtune(["run", *SMALL, "validate.split_tolerance=0"], ws, cli_env(netguard))
+    assert r.returncode == 1, r.output
+    assert r.output.count("stage 'validate' failed") == 1 and "Traceback" not in r.output, r.output
+    assert r.stderr.count("expect_column_mean_to_be_between(is_train)") == 1, r.output
     report = json.loads((ws / "reports" / "validation.json").read_text())
     assert report["success"] is False
     ui = serve_ui(ws)
     exp = ui.get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=retrain")["experiment"]
     runs = ui.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
-    status = {r["info"]["run_name"]: r["info"]["status"] for r in runs}
-    assert status == {"retrain": "FAILED", "data": "FINISHED", "validate": "FAILED"}
+    status = sorted((r["info"]["run_name"], r["info"]["status"]) for r in runs)
+    assert status == sorted(
+        [("retrain", "FAILED"), ("data", "FAILED"), ("retrain", "FAILED"), ("data", "FINISHED"), ("validate", "FAILED")]
+    )
     assert_offline(netguard)
 
 
