@@ -259,7 +259,11 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_a_killed_build_leaves_no_worker_processes(tmp_path: Path) -> None:
+def test_a_killed_build_leaves_no_worker_processes_and_the_previous_dataset(tmp_path: Path) -> None:
+    from components.data.sources.phantom import PhantomSourceConfig
+
+    build({"p": PhantomSourceConfig(subjects=4, seed=1)}, tmp_path / "ds", tmp_path)
+    before = tree_bytes(tmp_path / "ds")
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(KILLED_BUILD), str(tmp_path / "ds")],
         stdout=subprocess.PIPE,
@@ -283,4 +287,6 @@ def test_a_killed_build_leaves_no_worker_processes(tmp_path: Path) -> None:
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not (tmp_path / "ds").exists()
+    assert tree_bytes(tmp_path / "ds") == before  # the killed build's half-written folder is a sibling
+    build({"p": PhantomSourceConfig(subjects=4, seed=1)}, tmp_path / "ds", tmp_path)  # ... removed by the next
+    assert tree_bytes(tmp_path / "ds") == before and [p.name for p in tmp_path.iterdir()] == ["ds"]
