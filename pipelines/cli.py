@@ -282,7 +282,8 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new work
             shutil.copytree(src, directory / name, dirs_exist_ok=True)
         else:
             shutil.copy2(src, directory / name)
-    (directory / ".gitignore").write_text("/.medtune/\n/params.yaml\n/reports/\n__pycache__/\n")
+    # data/intake holds identified files: git must never see them (DVC ignores them through .dvcignore)
+    (directory / ".gitignore").write_text("/.medtune/\n/params.yaml\n/reports/\n/data/intake/\n__pycache__/\n")
     if not (directory / ".git").exists():
         subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
     from components.runtime import configure_environment, state_paths
