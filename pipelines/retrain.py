@@ -11,7 +11,10 @@ the challenger; ``champion`` moves if the promotion policy passes: pipelines/pro
 :data:`STAGES` in the same shape: a stage function ``(ctx, parent_run_id, echo, **references) -> dict of
 references`` wrapped in a thin task.
 
-The flow opens one parent MLflow run (tags: data version, git commit, config hash) with a child run per stage.
+The flow opens one parent MLflow run (tags: data version, git commit, config hash) with a child run per stage. As
+each stage finishes, the parent repeats what compares retrains in MLflow's runs table (:func:`log_stage_summary`,
+issue 19): the headline metrics of its child run, the dataset input (digest: the data version), the promotion
+decision; the experiment is tagged as model training so MLflow 3 shows runs, not its GenAI overview.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import config_dict
-from components.tracking import flatten_params
+from components.tracking import TrackingSession, flatten_params
+from components.tracking.dashboard import mark_training_experiment
 from pipelines import stages
 from pipelines.cli_common import flow_log_file, route_flow_logs
 from pipelines.context import Context, apply_threads, git_info, resolve, write_params
@@ -126,6 +130,41 @@ def retrain(workspace: str, config: str, overrides: list[str], skip_unchanged: b
         raise
 
 
+#: The metrics the parent run repeats from its stages' child runs (the names the stages log), so MLflow's runs table
+#: shows a retrain's outcome in one row: closed and open VQA, generation SSIM, the safety grade's rank (higher is
+#: better) and the share of safe prompts refused; plus ``promoted`` (1 when champion moved to this run's version).
+HEADLINE_METRICS = (
+    "closed/accuracy",
+    "open/recall",
+    "generation/ssim",
+    "safety/overall/grade_rank",
+    "safety/over_refusal/safe_refused_rate",
+)
+DECISION_TAG = "medtune.promotion.decision"
+
+
+def log_stage_summary(session: TrackingSession, parent: str, result: dict[str, Any]) -> None:
+    """What a finished stage adds to the parent run: its child run's headline metrics, and from the data stage the
+    data version (tag) and the dataset input, from the register stage the decision (tag and ``promoted`` 0/1).
+    Read back from the child run, so a stage whose work was re-used still brings what it logged."""
+    from components.tracking.dashboard import run_metrics
+
+    if result.get("run_id"):
+        metrics = run_metrics(session.client, result["run_id"], HEADLINE_METRICS)
+        if metrics:
+            session.log_metrics(parent, metrics)
+    if "data_version" in result:
+        session.set_tags(parent, {"data_version": result["data_version"]})
+        if result.get("dataset") and result.get("dataset_source"):
+            folder = Path(result["dataset"])
+            stages.log_dataset_input(
+                session, parent, version=result["data_version"], folder=folder, source=result["dataset_source"]
+            )
+    if "decision" in result:
+        session.set_tags(parent, {DECISION_TAG: result["decision"]})
+        session.log_metrics(parent, {"promoted": 1.0 if result["decision"] == "promoted" else 0.0})
+
+
 #: Parent-run tag of a run that exited early; its value says why.
 SKIPPED_TAG = "medtune.retrain.skipped"
 
@@ -154,18 +193,20 @@ def run_stages(
     tags = {"medtune.flow": "retrain", "config_hash": ctx.config_hash, **git_info(ctx.workspace)}
     params = flatten_params(config_dict(ctx.config)) | threads
     parent = session.start_run("retrain", tags=tags, params=params)
+    mark_training_experiment(session.client, session.experiment_id)
     started = time.perf_counter()
     refs: dict[str, Any] = {"run_id": parent, "experiment_id": session.experiment_id}
     try:
         for stage in sequence:
             kwargs = {arg: refs[src][key] for arg, (src, key) in stage.inputs.items()}
             refs[stage.name] = stage.fn(ctx, parent, echo, **kwargs)
+            log_stage_summary(session, parent, refs[stage.name])
             if "data_version" in refs[stage.name]:
-                session.set_tags(parent, {"data_version": refs[stage.name]["data_version"]})
                 reason = skip_unchanged and unchanged_since_champion(ctx, refs[stage.name]["data_version"])
                 if reason:
                     echo(f"retrain: skipped, {reason} (a forced run trains anyway)")
-                    session.set_tags(parent, {SKIPPED_TAG: reason, "medtune.promotion.decision": "skipped"})
+                    session.set_tags(parent, {SKIPPED_TAG: reason, DECISION_TAG: "skipped"})
+                    session.log_metrics(parent, {"promoted": 0.0})
                     refs["skipped"] = reason
                     break
     except BaseException:

@@ -182,11 +182,53 @@ def data_stage(ctx: Context, parent: str, echo: Echo = quiet) -> dict[str, Any]:
         session.log_metrics(run_id, _report_metrics(report))
         if report_path.exists():
             session.log_artifact(run_id, report_path)
+        source = dvc_remote_url(ctx)
+        log_dataset_input(session, run_id, version=version, folder=ctx.path(out), source=source)
         if reused:
             echo(f"data: unchanged, DVC re-used stage 'build' (data version {version})")
         else:
             echo(f"data: built {report.get('records', '?')} records (data version {version})")
-        return {"data_version": version, "reused": reused, "dataset": str(ctx.path(out)), "run_id": run_id}
+        return {
+            "data_version": version,
+            "reused": reused,
+            "dataset": str(ctx.path(out)),
+            "dataset_source": source,
+            "run_id": run_id,
+        }
+
+
+#: The name of the built dataset in MLflow (its dataset inputs; the runs table's Dataset column, issue 19).
+DATASET_NAME = "vlhealth"
+
+
+def dvc_remote_url(ctx: Context) -> str:
+    """Where DVC keeps every data version: the ``s3://`` URL of the config's dvc.s3 section, or the local remote
+    folder in the state folder (as :func:`pipelines.dvc_ops.configure_remote` sets them up)."""
+    s3 = ctx.config.dvc.s3
+    if ctx.config.dvc.remote == "s3" and s3 is not None:
+        prefix = s3.prefix.strip("/")
+        return f"s3://{s3.bucket}/{prefix}" if prefix else f"s3://{s3.bucket}"
+    return str(ctx.state.dvc_remote.resolve())
+
+
+def dataset_profile(report: dict[str, Any]) -> dict[str, Any]:
+    """The build report's counts that describe a data version (records, images, per split/source/task/...)."""
+    keys = ("records", "images", "groups", "per_split", "per_source", "per_task", "per_kind", "per_modality")
+    profile = {k: report[k] for k in keys if k in report}
+    if "records" in profile:
+        profile["num_records"] = profile.pop("records")  # the key MLflow's dataset views show as the row count
+    return profile
+
+
+def log_dataset_input(session: TrackingSession, run_id: str, *, version: str, folder: Path, source: str) -> None:
+    """The built dataset as the run's MLflow dataset input: digest the DVC data version, source the DVC remote,
+    profile the build report's counts."""
+    from components.tracking.dashboard import log_dataset
+
+    report_path = Path(folder) / "build_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    profile = dataset_profile(report)
+    log_dataset(session.client, run_id, name=DATASET_NAME, digest=version, source=source, profile=profile)
 
 
 def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
