@@ -33,6 +33,7 @@ from pipelines.cli_common import (
     ConfigOpt,
     Overrides,
     UsageError,
+    WaitOpt,
     console,
     err,
     fail,
@@ -57,9 +58,9 @@ app.add_typer(import_app, name="import")  # medtune import healthgpt
 
 
 @app.command()
-def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+def run(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = None) -> None:
     """Run the retrain flow (Prefect) on the config: data -> validate (-> later stages)."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     from pipelines.dvc_ops import DvcError
     from pipelines.retrain import retrain
     from pipelines.stages import StageFailed
@@ -84,10 +85,11 @@ def run(config: ConfigOpt = None, overrides: Overrides = None) -> None:
 def train(
     config: ConfigOpt = None,
     overrides: Overrides = None,
+    wait: WaitOpt = None,
     stage: Annotated[str, typer.Option(help="1, 2, 3, all (the three in order) or mixed (the ablation).")] = "all",
 ) -> None:
     """Train on the built dataset: base bootstrap, VQ tokenizer, HealthGPT's stages; then evaluate."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     from components.config.loader import apply_override
     from pipelines.stages import base_stage, evaluate_stage, train_stage
 
@@ -117,6 +119,7 @@ def train(
 def federated(
     config: ConfigOpt = None,
     overrides: Overrides = None,
+    wait: WaitOpt = None,
     model_dir: Annotated[
         Path | None,
         typer.Option("--model-dir", help="A trained model folder to start from (default: base + train first)."),
@@ -124,7 +127,7 @@ def federated(
 ) -> None:
     """Federated SLoRA across the configured sites on Flower (simulation, or a SuperLink in deployment); then
     evaluate the federated model. Sites come from federated.sites (e.g. -c configs/federated.yaml)."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     from pipelines.federated import federated_stage
     from pipelines.stages import base_stage, evaluate_stage, train_stage
 
@@ -145,9 +148,9 @@ def federated(
 
 
 @app.command("rank-search")
-def rank_search(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+def rank_search(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = None) -> None:
     """Search per-module adapter ranks with ElaLoRA on the base model (runs even if rank_search.enabled is false)."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     from pipelines.stages import base_stage, rank_search_stage
 
     if not ctx.config.rank_search.enabled:
@@ -166,6 +169,7 @@ def rank_search(config: ConfigOpt = None, overrides: Overrides = None) -> None:
 def safety(
     config: ConfigOpt = None,
     overrides: Overrides = None,
+    wait: WaitOpt = None,
     sut: Annotated[str, typer.Option(help="System under test: medtune, openai, refuse_all, comply_all.")] = "medtune",
     sut_arg: Annotated[
         list[str] | None,
@@ -175,7 +179,7 @@ def safety(
     ] = None,
 ) -> None:
     """Run the safety benchmark (MLCommons v0.5 / AILuminate v1.0 grading) on any SUT; grades go to MLflow."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     import yaml
 
     from components.safety import SUTS

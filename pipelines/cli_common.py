@@ -1,6 +1,6 @@
 """What every ``medtune`` command shares: the consoles, the config option and overrides, exit-code helpers, the
-standalone command's parent MLflow run, rich progress bars (see :mod:`pipelines.cli`), and where the flows' logs
-go (:func:`route_flow_logs`)."""
+workspace lock of the commands that write (:data:`WRITERS`, issue 19), the standalone command's parent MLflow run,
+rich progress bars (see :mod:`pipelines.cli`), and where the flows' logs go (:func:`route_flow_logs`)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,23 @@ ConfigOpt = Annotated[
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Dotted overrides, e.g. data.workers=2 data.sources.phantom.subjects=8.")
 ]
+WaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--wait",
+        min=0,
+        help="Seconds to wait while another command holds the workspace (default: runtime.lock_wait_s, 0).",
+    ),
+]
+
+#: The commands that write the workspace (data, models, MLflow runs, the registry): each holds ``<state>/lock``
+#: from :func:`load_context` to its end (pipelines/lock.py). The others (config show, ui, report, data validate
+#: ...) only read and take no lock. ``medtune schedule`` itself holds nothing; each run it starts takes the lock
+#: (pipelines/schedule.py).
+WRITERS = frozenset(
+    {"run", "train", "federated", "rank-search", "safety", "promote", "data build", "data ingest", "data push",
+     "data pull"}
+)  # fmt: skip
 
 
 #: Prefect's loggers for flow and task runs: they report a failed stage (the task's and the flow's exception with
@@ -93,15 +110,58 @@ def fail(code: int, message: str) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_context(config: Path | None, overrides: list[str] | None, *, make_state: bool = True) -> Any:
+def load_context(
+    config: Path | None, overrides: list[str] | None, *, make_state: bool = True, wait: float | None = None
+) -> Any:
+    """The command's context; a command in :data:`WRITERS` also takes the workspace, waiting up to ``wait`` seconds
+    (None: ``runtime.lock_wait_s``) and exiting 2 with one line naming the holder when it stays busy."""
     from pipelines.context import resolve
 
     try:
-        return resolve(config, overrides, make_state=make_state)
+        ctx = resolve(config, overrides, make_state=make_state)
     except ConfigError as e:
         raise fail(2, f"config error: {e}") from None
     except WorkspaceError as e:
         raise fail(2, f"error: {e}") from None
+    command = _command_name()
+    if command in WRITERS:
+        hold_workspace(ctx, f"medtune {command}", wait)
+    return ctx
+
+
+def _command_name() -> str | None:
+    """The running command's path below ``medtune`` ("run", "data build"); None outside a command."""
+    import click
+
+    here = click.get_current_context(silent=True)
+    names = []
+    while here is not None and here.parent is not None:
+        names.append(here.info_name or "")
+        here = here.parent
+    return " ".join(reversed(names)) or None
+
+
+def hold_workspace(ctx: Any, command: str, wait_s: float | None) -> None:
+    """Take ``<state>/lock`` for ``command`` (exit 2 when busy), released when the command ends; what a dead holder
+    left (its processes, its RUNNING MLflow runs) is cleaned up first (pipelines/lock.py)."""
+    import atexit
+
+    import click
+
+    from pipelines.lock import WorkspaceBusy, hold_context
+
+    try:
+        lock = hold_context(ctx, command, wait_s=wait_s, echo=_say)
+    except WorkspaceBusy as e:
+        raise fail(2, str(e)) from None
+    here = click.get_current_context(silent=True)
+    if here is not None:
+        here.call_on_close(lock.release)
+    atexit.register(lock.release)
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False)
 
 
 @contextmanager

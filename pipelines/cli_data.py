@@ -11,6 +11,7 @@ import typer
 from pipelines.cli_common import (
     ConfigOpt,
     Overrides,
+    WaitOpt,
     console,
     err,
     fail,
@@ -25,12 +26,13 @@ data_app = typer.Typer(help="Build, validate and version the VL-Health dataset."
 def data_ingest(
     config: ConfigOpt = None,
     overrides: Overrides = None,
+    wait: WaitOpt = None,
     force: Annotated[bool, typer.Option(help="Re-ingest even when the intake is unchanged.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """De-identify the intake area (data.intake) into the raw tree: headers (PS3.15 basic profile), file names
     (keyed pseudonyms) and burned-in text (data.deid.burned_in). Identified files never leave the intake."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     from components.data.sources import DataError
     from pipelines.stages import ingest_intake
 
@@ -49,6 +51,7 @@ def data_ingest(
 def data_build(
     config: ConfigOpt = None,
     overrides: Overrides = None,
+    wait: WaitOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: data.out of the config).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ingest: Annotated[
@@ -56,7 +59,7 @@ def data_build(
     ] = True,
 ) -> None:
     """Build VL-Health from the configured sources into the output folder (atomically)."""
-    ctx = load_context(config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
     from components.data.build import build_dataset
     from components.data.deid import load_deid_key
     from components.data.intake import MAP_FILE
@@ -146,19 +149,19 @@ def data_validate(
 
 
 @data_app.command("push")
-def data_push(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+def data_push(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = None) -> None:
     """Push raw and built data to the configured DVC remote (local folder or S3)."""
-    _remote_command("push", config, overrides)
+    _remote_command("push", config, overrides, wait)
 
 
 @data_app.command("pull")
-def data_pull(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+def data_pull(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = None) -> None:
     """Pull raw and built data from the configured DVC remote (local folder or S3)."""
-    _remote_command("pull", config, overrides)
+    _remote_command("pull", config, overrides, wait)
 
 
-def _remote_command(verb: str, config: Path | None, overrides: list[str] | None) -> None:
-    ctx = load_context(config, overrides)
+def _remote_command(verb: str, config: Path | None, overrides: list[str] | None, wait: float | None) -> None:
+    ctx = load_context(config, overrides, wait=wait)
     from pipelines.dvc_ops import DvcError, configure_remote, dvc, ensure_repo
 
     try:

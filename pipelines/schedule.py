@@ -11,6 +11,11 @@ unless ``PREFECT_API_URL`` points at a server, this starts ``prefect server star
 on the way out, whichever way that is (Ctrl-C, SIGTERM, an error). The server runs in its own process group so
 that it is stopped by this process, after the runner, not raced by the terminal's Ctrl-C.
 
+Each scheduled run is :func:`scheduled_retrain`: the ``retrain`` flow under the workspace lock (pipelines/lock.py,
+issue 19), taken in the run's own process, so a run never writes beside ``medtune run`` or another command; a run
+finding the workspace busy waits ``runtime.lock_wait_s`` and then fails with the holder's name. ``medtune schedule``
+itself holds nothing while it waits for the next run.
+
 A scheduled run passes ``skip_unchanged=True`` (unless ``--force``): it exits after the data stage when the data
 version equals the one the current champion was trained on (see :func:`pipelines.retrain.run_stages`). For a team,
 ``infra/prefect.yaml`` deploys the same flow to a work pool instead (``prefect deploy``); see infra/README.md.
@@ -31,8 +36,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prefect import flow
+
 from components.runtime import EPHEMERAL_ONLY_OFF
-from pipelines.context import Context
+from pipelines.context import Context, resolve
+from pipelines.lock import hold_context
+from pipelines.retrain import retrain
 
 DEPLOYMENT = "scheduled"
 HEALTH_TIMEOUT_S = 120.0
@@ -137,8 +146,6 @@ def serve_retrain(
     from prefect.runner import Runner
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipelines.retrain import retrain
-
     parameters: dict[str, Any] = {
         "workspace": str(ctx.workspace),
         "config": str(ctx.config_path),
@@ -153,7 +160,7 @@ def serve_retrain(
         runner.handle_sigterm = _interrupt  # type: ignore[method-assign]
         # A module entrypoint: each run is a subprocess importing pipelines.retrain, whatever the working folder.
         runner.add_flow(
-            retrain,
+            scheduled_retrain,
             name=name,
             cron=cron,
             parameters=parameters,
@@ -165,6 +172,24 @@ def serve_retrain(
             asyncio.run(runner.start())
         except KeyboardInterrupt:
             echo("stopping the schedule ...")
+
+
+@flow(name="retrain", validate_parameters=False)
+def scheduled_retrain(
+    workspace: str, config: str, overrides: list[str], skip_unchanged: bool = False
+) -> dict[str, Any]:
+    """``retrain`` as a scheduled run starts it: holding the workspace (its process is not a medtune command, so
+    nothing took the lock before the flow)."""
+    ctx = resolve(Path(config), overrides, workspace=Path(workspace))
+    lock = hold_context(ctx, "medtune schedule (a scheduled retrain)", echo=_say)
+    try:
+        return retrain.fn(workspace, config, overrides, skip_unchanged)
+    finally:
+        lock.release()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _interrupt(*_: Any) -> None:

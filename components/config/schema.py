@@ -442,6 +442,16 @@ class ProgressConfig(Strict):
     )
 
 
+class RuntimeConfig(Strict):
+    lock_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a command that writes the workspace waits for another one holding it (the lock file "
+        "<state>/lock, issue 19) before it exits 2 with 'workspace busy'; 0 fails at once. `--wait` overrides it. "
+        "Scheduled runs wait this long too.",
+    )
+
+
 class MedtuneConfig(Strict):
     seed: int = Field(0, description="Global seed.")
     data: DataConfig = Field(description="The VL-Health build.")
@@ -469,6 +479,9 @@ class MedtuneConfig(Strict):
     )
     progress: ProgressConfig = Field(
         default_factory=ProgressConfig, description="Progress lines of the long stages (issue 17)."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="How commands share the workspace (issue 19)."
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
