@@ -1,6 +1,6 @@
 """Registration and gated promotion: the ``register`` stage of retrain and the ``medtune promote`` command.
 
-    medtune promote                      # the current challenger against the policy in mlflow/promotion.yaml
+    medtune promote                      # the newest registered version against the policy in mlflow/promotion.yaml
     medtune promote --version 3          # a given version
     medtune promote --run <retrain run>  # the version a retrain run registered
 
@@ -9,16 +9,35 @@ version, git commit, config hash, headline metrics, safety grades, parent run), 
 (``promotion/evidence.json``) and the model card, then applies the policy (:mod:`components.tracking.promotion`)
 against the current champion.
 
-The alias moves and the decision record are one Prefect transaction (:func:`apply_decision`): each step is a task
-whose ``on_rollback`` hook restores what it changed (the alias's previous version, or no alias; the previous run and
-version tags), so a failure between steps (say, after ``champion`` moved but before the decision was written)
-leaves the registry as it was. Only the new version itself stays (without an alias): a registered version is a
-record, not a promotion.
+A decision is carried out as a journal (:mod:`components.tracking.journal`, issue 19): the record (policy text and
+sha256, gates, previous champion, candidate, time, user@host and command) is appended to
+``<state>/registry/<model>/journal.jsonl`` (fsync'd) and mirrored to MLflow (``decisions/<id>.json`` on the
+candidate's run, version tag ``medtune.decision.<id>``); then the aliases move; then a ``committed`` mark is
+appended. :func:`recover_promotions` runs first in every promote and register (and after the workspace lock is
+taken): an entry without its mark is finished or rolled back from its record (the rule is in the journal's
+docstring), and a version registered without a decision is noted in the journal. ``medtune promote`` evaluates
+the newest registered version by default: a register stage killed after "Created version N" leaves the challenger
+alias on the version before, which is not the one the user wants judged.
+
+Within one process, the alias moves and the decision record are also one Prefect transaction (:func:`apply_decision`):
+each step is a task whose ``on_rollback`` hook restores what it changed (the alias's previous version, or no alias;
+the previous run and version tags), so an exception between steps leaves the registry as it was and the entry is
+closed ``rolled back``. Only the new version itself stays (without an alias): a registered version is a record,
+not a promotion. ``medtune promote`` records its decision on the version (tags, card, journal), never over the
+retrain run's own decision.
+
+Test hook: ``MEDTUNE_TEST_KILL_AT=after_journal`` (the entry written and mirrored, nothing moved) or
+``after_alias`` (the aliases moved, no tags, no mark) SIGKILLs the process at exactly that point
+(:func:`kill_point`); tests/integration/test_registry.py uses it. Nothing else reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +59,16 @@ def _client(uri: str) -> Any:
     from components.tracking.registry import connect_client
 
     return connect_client(uri)
+
+
+KILL_ENV = "MEDTUNE_TEST_KILL_AT"
+
+
+def kill_point(step: str) -> None:
+    """Test hook: SIGKILL this process here when ``$MEDTUNE_TEST_KILL_AT`` names ``step`` (``after_journal``,
+    ``after_alias``), so a test can stop a promotion at exactly one step, as a power cut or the OOM killer would."""
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- transaction steps ----------------------------------------------------------------------------------------------
@@ -143,19 +172,162 @@ def apply_decision(uri: str, decision: Any, record: Record, *, challenger: bool)
             move_alias(uri, record.name, CHALLENGER, record.version)
         if decision.decision == "promoted" and decision.champion_before != record.version:
             move_alias(uri, record.name, CHAMPION, record.version)
+        kill_point("after_alias")
         tag_decision(record, decision)
         log_decision(record, decision)
 
 
-def _apply_or_fail(stage: str, uri: str, decision: Any, record: Record, *, challenger: bool) -> None:
+def carry_out(
+    stage: str, state_root: Path, decision: Any, record: Record, policy: Mapping[str, str], *, challenger: bool
+) -> str:
+    """Journal first (fsync'd, then mirrored to MLflow), then the aliases and tags (:func:`apply_decision`), then
+    the commit mark; returns the decision id. A failure is rolled back and closed ``rolled back``; one that cannot
+    be is left open for the next start."""
+    from components.tracking import journal, registry
+
+    client = _client(record.uri)
+    moves = [journal.move(registry.CHALLENGER, registry.alias_version(client, record.name, registry.CHALLENGER),
+                          record.version)] if challenger else []  # fmt: skip
+    if decision.decision == "promoted":
+        moves.append(journal.move(registry.CHAMPION, decision.champion_before, record.version))
+    entry = journal.decision_record(model=record.name, decision=decision, policy=policy, moves=moves, stage=stage,
+                                    version_run=record.version_run, parent_run=record.parent_run)  # fmt: skip
+    book = journal.Journal(journal.journal_path(state_root, record.name))
+    book.append(entry)
     try:
-        apply_decision(uri, decision, record, challenger=challenger)
+        registry.mirror_decision(client, record.name, record.version_run, entry)
+        kill_point("after_journal")
+        apply_decision(record.uri, decision, record, challenger=challenger)
     except Exception as e:
-        raise StageFailed(
-            stage,
-            f"recording the decision for {record.name} version {record.version} failed and was rolled back (aliases "
-            f"and tags as before; the version stays registered): {type(e).__name__}: {e}",
-        ) from e
+        reason = f"{type(e).__name__}: {e}"
+        where = f"{record.name} version {record.version} (decision {entry['id']})"
+        try:
+            restored = all(registry.alias_version(client, record.name, m["alias"]) == m["before"]
+                           for m in entry["moves"])  # fmt: skip
+        except Exception:
+            restored = False
+        if not restored:
+            raise StageFailed(stage, f"recording the decision for {where} failed part way: {reason}; the next medtune "
+                              "command finishes or rolls it back from the journal") from e  # fmt: skip
+        book.append(journal.mark(entry["id"], journal.ROLLED_BACK, champion=decision.champion_before, reason=reason))
+        raise StageFailed(stage, f"recording the decision for {where} failed and was rolled back (aliases and tags "
+                          f"as before; the version stays registered): {reason}") from e  # fmt: skip
+    closing = journal.mark(entry["id"], journal.COMMITTED, champion=decision.champion_after)
+    book.append(closing)
+    with contextlib.suppress(Exception):  # committed: the journal file is the record, the mark's copy a convenience
+        registry.mirror_mark(client, record.version_run, closing)
+    return str(entry["id"])
+
+
+# -- recovery on start ----------------------------------------------------------------------------------------------
+def recover_promotions(
+    state_root: Path, tracking_uri: str, *, model: str | None = None, orphans: bool = False, echo: Echo = print
+) -> list[str]:
+    """Finish or roll back every promotion the journals hold open (``model``: that model's only), one console line
+    each; with ``orphans``, also note in the journal each version registered without a decision. Idempotent. Cheap
+    when nothing is open and ``orphans`` is off: the journal files are read, MLflow is not touched. Call it after
+    taking the workspace lock; the promote command and the register stage call it themselves. Raises
+    :class:`StageFailed` (stage ``recover``) naming the entry when MLflow refuses; the entry then stays open."""
+    from components.tracking import journal
+
+    files = journal.journals(state_root) if model is None else {model: journal.journal_path(state_root, model)}
+    done: list[str] = []
+    client = None
+    for name, path in files.items():
+        book = journal.Journal(path)
+        pending = [e for e in book.entries() if e.state == "open"]
+        if not pending and not orphans:
+            continue
+        client = client or _client(tracking_uri)
+        for entry in pending:
+            if journal.writer_alive(entry.record):
+                echo(f"{name} decision {entry.id} is being carried out by pid {entry.record['who']['pid']}: left alone")
+                continue
+            try:
+                done.append(_recover(client, book, name, entry))
+            except Exception as e:
+                what = f"finishing {name} decision {entry.id} (version {entry.record['version']})"
+                raise StageFailed(
+                    "recover", f"{what} failed: {type(e).__name__}: {e}; it stays open for the next start"
+                ) from None
+            echo(done[-1])
+        if orphans:
+            for line in _note_orphans(client, book, name):
+                echo(line)
+                done.append(line)
+    return done
+
+
+def _recover(client: Any, book: Any, name: str, entry: Any) -> str:
+    from components.tracking import journal, registry
+
+    rec, version = entry.record, str(entry.record["version"])
+    version_run = str((rec.get("runs") or {}).get("version_run") or "")
+    try:
+        registry.version_run(client, name, version)
+        exists = True
+    except LookupError:
+        exists = False
+    aliases = {m["alias"]: registry.alias_version(client, name, m["alias"]) for m in rec.get("moves", [])}
+    plan = journal.plan_recovery(rec, aliases, exists)
+    if exists and version_run and not registry.is_mirrored(client, version_run, entry.id):
+        registry.mirror_decision(client, name, version_run, rec)  # killed between the journal file and MLflow
+    for alias, target in plan.moves:
+        registry.set_alias(client, name, alias, target)
+    if plan.action == "complete":
+        _write_decision(client, name, rec)
+    state = journal.COMPLETED if plan.action == "complete" else journal.ROLLED_BACK
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    closing = journal.mark(entry.id, state, champion=champion, reason=plan.reason)
+    book.append(closing)
+    if exists and version_run:
+        registry.mirror_mark(client, version_run, closing)
+    return (f"recovered {name} decision {entry.id} (version {version} {rec['decision']}, {plan.reason}): {state}; "
+            f"champion {champion or 'none'}, previous champion {rec.get('champion_before') or 'none'}")  # fmt: skip
+
+
+def _write_decision(client: Any, name: str, rec: Mapping[str, Any]) -> None:
+    """What the interrupted command had left to write: the decision tags, the card, and for the register stage the
+    retrain run's tags and decision.json."""
+    from components.tracking import journal, registry
+    from components.tracking.model_card import render_card
+
+    decision = journal.decision_of(rec)
+    runs = rec.get("runs") or {}
+    tags = registry.decision_tags(name, decision)
+    keys = ("medtune.promotion.decision", "medtune.promotion.failed_gates")
+    registry.write_version_tags(client, name, decision.version, {k: tags[k] for k in keys})
+    if rec.get("stage") == "register" and runs.get("parent_run"):
+        registry.write_run_tags(client, runs["parent_run"], tags)
+        registry.log_json(client, runs["parent_run"], decision.to_json(), registry.DECISION_FILE)
+    evidence = registry.load_evidence(client, runs["version_run"]) if runs.get("version_run") else None
+    if evidence is not None:
+        info = registry.load_json(client, runs["version_run"], registry.MODEL_INFO_FILE)
+        card = render_card(name, decision.version, evidence, decision=decision, model_info=info)
+        client.log_text(runs["version_run"], card, registry.CARD_FILE)
+
+
+def _note_orphans(client: Any, book: Any, name: str) -> list[str]:
+    """Versions medtune registered (tag ``medtune.parent_run``) that no journal line and no decision tag names: the
+    register stage died between "Created version N" and its journal entry. Each gets a "no decision" note; the
+    version stays registered and ``medtune promote`` (newest by default, or ``--version N``) evaluates it."""
+    from components.tracking import journal, registry
+
+    seen = {str(r.get("version")) for r in book.records() if "id" in r}
+    found = [
+        (v, run)
+        for v, run, tags in registry.versions(client, name)
+        if v not in seen and "medtune.parent_run" in tags and "medtune.promotion.decision" not in tags
+    ]
+    lines = []
+    champion = registry.alias_version(client, name, registry.CHAMPION) if found else None
+    for version, run_id in found:
+        note = journal.orphan_record(name, version, champion, run_id)
+        book.append(note)
+        registry.mirror_decision(client, name, run_id, note)
+        lines.append(f"{name} version {version} was registered without a decision (registration interrupted): noted "
+                     f"in the journal; `medtune promote --version {version}` evaluates it")  # fmt: skip
+    return lines
 
 
 # -- evaluating a version -------------------------------------------------------------------------------------------
@@ -164,13 +336,16 @@ def _trained_info(model_dir: Path) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
-def load_policy_or_fail(path: Path, stage: str) -> Any:
-    from components.tracking.promotion import PolicyError, load_policy
+def load_policy_or_fail(path: Path, stage: str) -> tuple[Any, dict[str, str]]:
+    """The policy and its journal record (path, text, sha256)."""
+    from components.tracking.journal import policy_record
+    from components.tracking.promotion import PolicyError, read_policy
 
     try:
-        return load_policy(path)
+        policy, text = read_policy(path)
     except PolicyError as e:
         raise StageFailed(stage, str(e)) from None
+    return policy, policy_record(path, text)
 
 
 def decide(ctx: Context, client: Any, name: str, version: str, evidence: Any, policy: Any, *, auto: bool) -> Any:
@@ -225,7 +400,10 @@ def register_stage(
 
     session = connect(ctx)
     name = ctx.config.registry.name
-    policy = load_policy_or_fail(ctx.path(ctx.config.registry.policy), "register")  # before anything is logged
+    policy, policy_rec = load_policy_or_fail(ctx.path(ctx.config.registry.policy), "register")  # before any logging
+    recover_promotions(
+        ctx.state.root, ctx.tracking_uri, model=name, orphans=True, echo=lambda s: echo(f"register: {s}")
+    )
     with session.child(parent, "register") as run_id:
         parent_tags = session.client.get_run(parent).data.tags
         lineage = {k: parent_tags.get(k, "") for k in ("data_version", "git_commit", "config_hash")}
@@ -239,7 +417,7 @@ def register_stage(
         card = render_card(name, version, evidence, decision=decision, model_info=model_info,
                            created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))  # fmt: skip
         record = Record(ctx.tracking_uri, name, version, parent, run_id, card)
-        _apply_or_fail("register", ctx.tracking_uri, decision, record, challenger=True)
+        decision_id = carry_out("register", ctx.state.root, decision, record, policy_rec, challenger=True)
         session.set_tags(run_id, {"medtune.model_version": version, "medtune.promotion.decision": decision.decision})
         for gate in decision.gates:
             echo(f"register: {gate.line()}")
@@ -252,6 +430,7 @@ def register_stage(
             "failed_gates": [g.name for g in decision.failed],
             "champion": decision.champion_after,
             "run_id": run_id,
+            "decision_id": decision_id,
         }
 
 
@@ -259,36 +438,39 @@ def register_stage(
 def promote_version(
     ctx: Context, *, version: str | None = None, run: str | None = None, policy: Path | None = None, echo: Echo = print
 ) -> Any:
-    """Apply the policy to a registered version (default: the challenger) and move champion if it passes."""
+    """Apply the policy to a registered version (default: the newest) and move champion if it passes."""
     from components.tracking import registry
     from components.tracking.model_card import render_card
 
     session = connect(ctx)
     client, name = session.client, ctx.config.registry.name
+    rules, policy_rec = load_policy_or_fail(policy or ctx.path(ctx.config.registry.policy), "promote")
+    recover_promotions(ctx.state.root, ctx.tracking_uri, model=name, orphans=True, echo=echo)
     if version is None and run is not None:
         try:
             version = registry.find_version(client, name, parent_run=run)
         except LookupError as e:
             raise StageFailed("promote", str(e)) from None
     if version is None:
-        version = registry.alias_version(client, name, registry.CHALLENGER)
+        version = registry.newest_version(client, name)
         if version is None:
-            raise StageFailed("promote", f"{name!r} has no challenger: name one with --version or --run")
+            raise StageFailed("promote", f"{name!r} has no registered version: run `medtune run` first")
     try:
-        version_run, tags = registry.version_run(client, name, version)
+        version_run, _ = registry.version_run(client, name, version)
     except LookupError as e:
         raise StageFailed("promote", str(e)) from None
     evidence = registry.load_evidence(client, version_run)
     if evidence is None:
         raise StageFailed("promote", f"{name} v{version}: its run {version_run} has no {registry.EVIDENCE_FILE}")
-    rules = load_policy_or_fail(policy or ctx.path(ctx.config.registry.policy), "promote")
     decision = decide(ctx, client, name, version, evidence, rules, auto=False)
     model_info = registry.load_json(client, version_run, registry.MODEL_INFO_FILE)
     card = render_card(name, version, evidence, decision=decision, model_info=model_info)
-    record = Record(ctx.tracking_uri, name, version, tags.get("medtune.parent_run"), version_run, card)
-    _apply_or_fail("promote", ctx.tracking_uri, decision, record, challenger=False)
+    record = Record(ctx.tracking_uri, name, version, None, version_run, card)  # the retrain run keeps its decision
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
+    newer = challenger is None or int(version) > int(challenger)  # a register killed before it moved challenger
     for gate in decision.gates:
         echo(gate.line())
+    carry_out("promote", ctx.state.root, decision, record, policy_rec, challenger=newer)
     echo(f"{name} {decision.summary()}")
     return decision
 

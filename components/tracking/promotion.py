@@ -114,17 +114,23 @@ def band_of(grade: str, version: str, where: str = "grade") -> Band:
 
 def load_policy(path: str | Path) -> PromotionPolicy:
     """Read and validate a policy YAML; unknown keys and bad values raise PolicyError with the key's path."""
+    return read_policy(path)[0]
+
+
+def read_policy(path: str | Path) -> tuple[PromotionPolicy, str]:
+    """The validated policy and the exact text it was read from (what the promotion journal records)."""
     file = Path(path)
     if not file.is_file():
         raise PolicyError(f"promotion policy {file} does not exist")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        text = file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise PolicyError(f"{file}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return PromotionPolicy.model_validate(data)
+        return PromotionPolicy.model_validate(data), text
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -249,6 +255,8 @@ class Decision:
         }
 
     def summary(self) -> str:
+        if self.decision == "promoted" and self.champion_before == self.version:
+            return f"version {self.version} stays champion (every gate passes)"
         if self.decision == "promoted":
             return f"version {self.version} promoted to champion (was {self.champion_before or 'none'})"
         if self.decision == "skipped":

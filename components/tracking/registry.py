@@ -1,6 +1,7 @@
 """MLflow's model registry for medtune: log the pyfunc model, register a version, read and move aliases, record
-the promotion decision. Each function is one small side effect, so the flow can wrap each in a task with an undo
-(``pipelines/promote.py``: the alias move and the decision record run in one Prefect transaction).
+the promotion decision, mirror the promotion journal (:mod:`components.tracking.journal`). Each function is one
+small side effect, so the flow can wrap each in a task with an undo (``pipelines/promote.py``: the alias move and
+the decision record run in one Prefect transaction).
 
     client = session.client
     uri = log_model(run_id, model_dir, example_image=png)           # pyfunc from code, artifacts = the model folder
@@ -33,6 +34,7 @@ EVIDENCE_FILE = "promotion/evidence.json"
 MODEL_INFO_FILE = "promotion/trained.json"  # the model folder's trained.json (adapter, ranks, stages) for the card
 DECISION_FILE = "promotion/decision.json"
 CARD_FILE = "model_card.md"
+DECISIONS_DIR = "decisions"  # the journal's mirror on the candidate's run: decisions/<decision id>.json
 #: Tags on the retrain parent run that the report page reads (issue 9's interface between its two halves).
 DECISION_TAGS = (
     "medtune.promotion.decision",
@@ -145,6 +147,42 @@ def find_version(client: Any, name: str, *, parent_run: str) -> str:
     if not found:
         raise LookupError(f"no version of {name!r} comes from run {parent_run}")
     return str(max(found, key=lambda mv: int(mv.version)).version)
+
+
+def versions(client: Any, name: str) -> list[tuple[str, str, dict[str, str]]]:
+    """Every version of ``name`` as (version, run id, tags), oldest first; [] when there is no such model."""
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted(((str(mv.version), str(mv.run_id or ""), dict(mv.tags or {})) for mv in found),
+                  key=lambda v: int(v[0]))  # fmt: skip
+
+
+def newest_version(client: Any, name: str) -> str | None:
+    """The highest version number of ``name`` (what ``medtune promote`` evaluates by default), or None."""
+    found = versions(client, name)
+    return found[-1][0] if found else None
+
+
+def mirror_decision(client: Any, name: str, run_id: str, record: Mapping[str, Any]) -> None:
+    """The journal's record of a decision in MLflow, where nothing overwrites it: a new artifact file
+    ``decisions/<id>.json`` on the candidate's run and a version tag ``medtune.decision.<id>`` per decision."""
+    client.log_dict(run_id, dict(record), f"{DECISIONS_DIR}/{record['id']}.json")
+    client.set_model_version_tag(name, str(record["version"]), f"medtune.decision.{record['id']}", record["decision"])
+
+
+def mirror_mark(client: Any, run_id: str, mark: Mapping[str, Any]) -> None:
+    """The mark that closed a decision, as ``decisions/<id>.<state>.json`` beside the record."""
+    state = str(mark["state"]).replace(" ", "-")
+    client.log_dict(run_id, dict(mark), f"{DECISIONS_DIR}/{mark['decision']}.{state}.json")
+
+
+def is_mirrored(client: Any, run_id: str, decision_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        listed = client.list_artifacts(run_id, DECISIONS_DIR)
+    except (MlflowException, OSError):
+        return False
+    return any(Path(a.path).name == f"{decision_id}.json" for a in listed)
 
 
 def log_json(client: Any, run_id: str, data: Any, artifact_file: str) -> None:
