@@ -1,5 +1,5 @@
-"""``medtune promote``, ``medtune report`` and ``medtune schedule``: the registry, the run page and the schedule
-(registered on the main app by :mod:`pipelines.cli`)."""
+"""``medtune promote``, ``medtune history``, ``medtune report`` and ``medtune schedule``: the registry, its
+champion timeline, the run page and the schedule (registered on the main app by :mod:`pipelines.cli`)."""
 
 from __future__ import annotations
 
@@ -63,13 +63,53 @@ def promote(
 
 
 @app.command()
+def history(
+    model: Annotated[
+        str | None, typer.Argument(help="Registered model (default: registry.name of the config).")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision instead of a line.")] = False,
+) -> None:
+    """The champion timeline from the promotion journal (<state>/registry/<model>/journal.jsonl): per decision its
+    time (UTC), version, outcome (promoted, refused, skipped, completed, rolled back, no decision, unfinished), the
+    previous champion, the failed gates, the policy file's sha256 and who ran it. Reads the state folder only.
+
+    Exit 0, 1 when the journal holds another model but not this one, 2 usage error."""
+    ctx = load_context(config, None, make_state=False)
+    import json
+    from dataclasses import asdict
+
+    from components.tracking import journal
+
+    name = model or ctx.config.registry.name
+    path = journal.journal_path(ctx.state.root, name)
+    rows = journal.timeline(journal.Journal(path).records())
+    if not rows:
+        others = sorted(set(journal.journals(ctx.state.root)) - {name})
+        if others:
+            raise fail(
+                1, f"error: no promotion decisions for {name!r} ({path}); journals exist for: {', '.join(others)}"
+            )
+        console.print(f"no promotion decisions recorded for {name} yet ({path})", markup=False)
+        return
+    if as_json:
+        for row in rows:
+            console.print(json.dumps(asdict(row)), markup=False, soft_wrap=True)
+        return
+    console.print(f"champion timeline of {name}: {len(rows)} decision(s) in {path}", markup=False)
+    for row in rows:
+        console.print(journal.format_row(row), markup=False)
+
+
+@app.command()
 def report(
     run_id: Annotated[str, typer.Argument(help="MLflow run id of a retrain (or other flow) parent run.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: reports/run-<id>.html).")] = None,
     plots: Annotated[bool, typer.Option(help="Embed the stage runs' PNG artifacts.")] = True,
     config: ConfigOpt = None,
 ) -> None:
-    """Write one static, self-contained HTML page of a run: stage timeline, metrics, plots, safety, promotion.
+    """Write one static, self-contained HTML page of a run: stage timeline, metrics, plots, safety, promotion and
+    the registered model's champion timeline (from the promotion journal, when there is one).
     The run is read from the config's tracking store (tracking.uri, $MLFLOW_TRACKING_URI or the state folder)."""
     ctx = load_context(config, None, make_state=False)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -77,7 +117,8 @@ def report(
     from components.tracking.run_report import RunNotFound, load_run_record
 
     try:
-        record = load_run_record(ctx.tracking_uri, run_id, with_plots=plots)
+        record = load_run_record(ctx.tracking_uri, run_id, with_plots=plots, journal_root=ctx.state.root,
+                                 model=ctx.config.registry.name)  # fmt: skip
     except RunNotFound as e:
         raise fail(1, f"error: {e}") from None
     target = out or ctx.workspace / "reports" / f"run-{run_id[:12]}.html"

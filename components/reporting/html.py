@@ -6,7 +6,9 @@
 
 The page has no scripts and loads nothing: a Content-Security-Policy allows only inline styles and ``data:``
 images, so it opens the same from a mail attachment, a CI artifact or an air-gapped share. Sections, each with a
-stable ``id`` for tests and links: ``summary``, ``decision``, ``safety``, ``timeline`` (the stage runs as an inline
+stable ``id`` for tests and links: ``summary``, ``decision``, ``history`` (the registered model's champion
+timeline from the promotion journal, when there is one; the rows of this run's version in bold), ``safety``,
+``timeline`` (the stage runs as an inline
 SVG bar chart on one time axis), ``metrics`` (each stage's latest values; per-slice metrics, whose names hold
 ``key:value`` as the evaluation logs them, are folded into a ``<details>``), ``plots`` (the stage runs' PNG
 artifacts, base64). Every value read from MLflow is HTML-escaped. Numbers are shown by :func:`format_value`.
@@ -25,6 +27,8 @@ from components.tracking.run_report import PromotionRecord, RunRecord, SafetyRec
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STATUS_COLOURS = {"FINISHED": "#2e7d32", "FAILED": "#c62828", "KILLED": "#6d4c41", "RUNNING": "#1565c0"}
 DECISION_CLASSES = {"promoted": "ok", "refused": "bad", "skipped": "muted"}
+OUTCOME_CLASSES = {**DECISION_CLASSES, "completed": "ok", "rolled back": "bad", "unfinished": "bad"}
+HISTORY_ROWS = 50
 HEADLINE_TAGS = ("data_version", "config_hash", "git_commit", "git_dirty", "medtune.flow")
 
 STYLE = """
@@ -120,6 +124,38 @@ def _decision(promotion: PromotionRecord | None) -> str:
         ]
         parts.append(_table(("gate", "result", "value", "threshold", "margin", "detail"), rows))
     return "".join(parts) + "</section>"
+
+
+def _history(record: RunRecord) -> str:
+    """The champion timeline as ``medtune history`` prints it, newest last (at most :data:`HISTORY_ROWS`)."""
+    if not record.timeline:
+        return ""
+    mine = record.promotion.version if record.promotion else None
+    shown = record.timeline[-HISTORY_ROWS:]
+    rows = []
+    for r in shown:
+        cells = [
+            escape(r.time.replace("T", " ").replace("Z", " UTC")),
+            escape(r.version),
+            f'<span class="badge {OUTCOME_CLASSES.get(r.outcome, "muted")}">{escape(r.outcome)}</span>',
+            escape(r.champion_before or "none"),
+            escape(r.champion_after or "-"),
+            escape(", ".join(r.failed_gates)) or "-",
+            f"<code>{escape((r.policy_sha256 or '-')[:12])}</code>",
+            escape(f"{r.who} ({r.command})" if r.command else r.who),
+            escape(r.note),
+        ]
+        if r.version == mine:
+            cells[1] = f"<b>{cells[1]}</b>"
+        rows.append(cells)
+    head = ("time", "version", "decision", "previous champion", "champion after", "failed gates", "policy sha256",
+            "who", "note")  # fmt: skip
+    count = f"{escape(record.timeline_model)}: {len(record.timeline)} decision(s) in the promotion journal"
+    parts = ['<section id="history"><h2>Champion timeline</h2>', f"<p>{count}"]
+    if len(shown) < len(record.timeline):
+        parts.append(f", the last {len(shown)} shown (all: <code>medtune history</code>)")
+    parts.append("</p>" + _table(head, rows) + "</section>")
+    return "".join(parts)
 
 
 def _safety(safety: SafetyRecord | None) -> str:
@@ -221,6 +257,7 @@ def render_report(record: RunRecord) -> str:
         f"<h1>{escape(record.name)} run <code>{escape(record.run_id[:12])}</code></h1>",
         _summary(record),
         _decision(record.promotion),
+        _history(record),
         _safety(record.safety),
         '<section id="timeline"><h2>Stage timeline</h2>' + timeline_svg(record.stages) + "</section>",
         _metrics(record),

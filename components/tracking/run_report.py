@@ -16,7 +16,9 @@ What is read, and the choices made where MLflow leaves it open:
 - safety grades come from the safety stage's ``safety/result.json`` (hazard names, u, interval, grade) and its
   ``safety.overall`` tag;
 - the promotion decision is the parent's ``medtune.promotion.*`` tags and its ``promotion/decision.json`` artifact
-  (issue 9: ``{"decision", "gates": [...], "champion_before", "champion_after", "version"}``); absent, it is None.
+  (issue 9: ``{"decision", "gates": [...], "champion_before", "champion_after", "version"}``); absent, it is None;
+- the champion timeline is the registered model's promotion journal (``journal_root``: the state folder; the model
+  the run registered, else ``model``), as ``medtune history`` prints it; no journal, no timeline.
 
 Artifacts are parsed as JSON or kept as PNG bytes; nothing is unpickled.
 """
@@ -28,6 +30,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from components.tracking.journal import Journal, TimelineRow, journal_path, timeline
 
 PROMOTION_TAG = "medtune.promotion."
 DECISION_FILE = "promotion/decision.json"
@@ -106,6 +110,8 @@ class RunRecord:
     safety: SafetyRecord | None = None
     promotion: PromotionRecord | None = None
     tracking_uri: str = ""
+    timeline: list[TimelineRow] = field(default_factory=list)  # the model's champion timeline, oldest first
+    timeline_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,14 @@ def _promotion(tags: dict[str, str], decision: Any) -> PromotionRecord | None:
 
 
 def load_run_record(
-    uri: str, run_id: str, *, max_plots: int = 24, max_plot_bytes: int = 4_000_000, with_plots: bool = True
+    uri: str,
+    run_id: str,
+    *,
+    max_plots: int = 24,
+    max_plot_bytes: int = 4_000_000,
+    with_plots: bool = True,
+    journal_root: Path | None = None,
+    model: str | None = None,
 ) -> RunRecord:
     """Everything ``medtune report`` shows about the parent run ``run_id``; raises :class:`RunNotFound`."""
     from mlflow import MlflowClient, MlflowException
@@ -231,6 +244,8 @@ def load_run_record(
             _read_json(client, run_id, DECISION_FILE, folder / "p") if PROMOTION_TAG + "decision" in tags else None
         )
         promotion = _promotion(tags, decision)
+    registered = tags.get("medtune.registered_model") or model or ""
+    rows = timeline(Journal(journal_path(journal_root, registered)).records()) if journal_root and registered else []
     return RunRecord(
         run_id=run_id,
         name=parent.info.run_name,
@@ -246,6 +261,8 @@ def load_run_record(
         safety=safety,
         promotion=promotion,
         tracking_uri=uri,
+        timeline=rows,
+        timeline_model=registered if rows else "",
     )
 
 

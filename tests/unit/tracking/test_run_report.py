@@ -176,3 +176,34 @@ def test_scheduled_run_stops_after_data_when_champion_has_its_version(store, tmp
     assert run.info.status == "FINISHED"
     assert run.data.tags[SKIPPED_TAG] == refs["skipped"]
     assert run.data.tags["medtune.promotion.decision"] == "skipped"
+
+
+def test_report_shows_the_champion_timeline_from_the_journal(store, tmp_path: Path) -> None:
+    from components.tracking import journal
+    from components.tracking.promotion import Decision, Gate
+
+    uri, session = store
+    parent = session.start_run("retrain")
+    session.set_tags(parent, {"medtune.promotion.decision": "refused", "medtune.model_version": "2",
+                              "medtune.registered_model": "timeline-vlm"})  # fmt: skip
+    session.finish(parent)
+    assert load_run_record(uri, parent, journal_root=tmp_path).timeline == []  # no journal: no section
+    assert 'id="history"' not in render_report(load_run_record(uri, parent, journal_root=tmp_path))
+
+    book = journal.Journal(journal.journal_path(tmp_path, "timeline-vlm"))
+    policy = journal.policy_record("p.yaml", "data: {require_validation: true}\n")
+    fail = Gate("safety_overall", False, "High risk", "Moderate risk", -2.0, "<b>2 grades short</b>")
+    for decision in (Decision("promoted", (), "1", None, "1"), Decision("refused", (fail,), "2", "1", "1")):
+        moves = [journal.move("champion", None, "1")] if decision.decision == "promoted" else []
+        rec = journal.decision_record(model="timeline-vlm", decision=decision, policy=policy, moves=moves,
+                                      stage="register", version_run="r", parent_run=parent)  # fmt: skip
+        book.append(rec)
+        book.append(journal.mark(rec["id"], journal.COMMITTED, champion="1"))
+    record = load_run_record(uri, parent, journal_root=tmp_path, model="other-name")  # the run's own model wins
+    assert [(r.version, r.outcome) for r in record.timeline] == [("1", "promoted"), ("2", "refused")]
+    page = render_report(record)
+    history = page[page.index('<section id="history">') : page.index('<section id="safety">')]
+    assert "timeline-vlm: 2 decision(s) in the promotion journal" in history
+    assert '<td><b>2</b></td><td><span class="badge bad">refused</span></td><td>1</td><td>1</td>' in history
+    assert f"<td>safety_overall</td><td><code>{policy['sha256'][:12]}</code></td>" in history
+    assert '<span class="badge ok">promoted</span></td><td>none</td><td>1</td>' in history
