@@ -224,6 +224,9 @@ def ui(
     """Serve the MLflow UI (and REST API) from the workspace's tracking store."""
     ctx = load_context(None, None)
     uri = ctx.tracking_uri
+    from components.tracking.runs import ensure_store
+
+    ensure_store(uri)  # the server migrates a new store too: not at the moment a command creates it (issue 19)
     cmd = [
         sys.executable,
         "-m",

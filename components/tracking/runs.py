@@ -70,7 +70,7 @@ class TrackingSession:
         import mlflow
         from mlflow import MlflowClient
 
-        _init_store(uri)
+        ensure_store(uri)
         before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)  # the fluent API (log_model) uses it; mlflow also writes it to os.environ ...
         if before is None:  # ... which would leak this store into later connections of the process: undo that
@@ -243,9 +243,9 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _init_store(uri: str) -> None:
-    """Create (or migrate) the store once per process, under :func:`store_lock`."""
-    if uri in _READY:
+def ensure_store(uri: str) -> None:
+    """Create (or migrate) the store once per process, under :func:`store_lock` (a no-op after the first call)."""
+    if uri in _READY or _sqlite_file(uri) is None:  # a database server or MLflow server migrates its store once
         return
     from mlflow import MlflowClient
 
@@ -267,7 +267,7 @@ def stale_runs(uri: str) -> list[StaleRun]:
     processes and of other hosts are never returned."""
     from mlflow.entities import ViewType
 
-    _init_store(uri)
+    ensure_store(uri)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

@@ -241,7 +241,12 @@ def test_the_first_connection_to_a_sqlite_store_waits_for_the_creation_lock(tmp_
     uri = f"sqlite:///{db}"
     connected = threading.Event()
     with store_lock(uri):  # another process creating the store, as far as the kernel's lock goes
-        worker = threading.Thread(target=lambda: (TrackingSession.connect(uri, "x"), connected.set()))
+
+        def connect() -> None:
+            TrackingSession.connect(uri, "x")
+            connected.set()
+
+        worker = threading.Thread(target=connect)
         worker.start()
         time.sleep(1.5)
         assert not connected.is_set() and not db.exists()
@@ -276,5 +281,20 @@ def test_the_cli_exits_2_with_one_line_when_busy_and_readers_take_no_lock(tmp_pa
         ), busy.stderr
         show = subprocess.run([MEDTUNE, "config", "show"], cwd=ws, env=env, capture_output=True, text=True, timeout=120)
         assert show.returncode == 0, show.stderr
+    finally:
+        other.close()
+
+
+def test_a_scheduled_run_takes_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medtune schedule` holds nothing; each run it starts (a Prefect subprocess, no CLI) takes the lock itself."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # resolve() sets tool homes for the process: keep them here
+    from pipelines.schedule import scheduled_retrain
+
+    assert scheduled_retrain.name == "retrain"
+    ws = _workspace(tmp_path)
+    other = Other(ws / ".medtune")
+    try:
+        with pytest.raises(WorkspaceBusy, match=rf"^workspace busy: medtune run \(pid {other.pid}, since "):
+            scheduled_retrain.fn(str(ws), str(ws / "configs" / "default.yaml"), [])
     finally:
         other.close()
