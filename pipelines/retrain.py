@@ -14,7 +14,8 @@ references`` wrapped in a thin task.
 The flow opens one parent MLflow run (tags: data version, git commit, config hash) with a child run per stage. As
 each stage finishes, the parent repeats what compares retrains in MLflow's runs table (:func:`log_stage_summary`,
 issue 19): the headline metrics of its child run, the dataset input (digest: the data version), the promotion
-decision; the experiment is tagged as model training so MLflow 3 shows runs, not its GenAI overview.
+decision; the experiment is tagged as model training and holds a shared view with those columns
+(:func:`components.tracking.dashboard.runs_view_url` is the link that opens it).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import config_dict
 from components.tracking import TrackingSession, flatten_params
-from components.tracking.dashboard import mark_training_experiment
+from components.tracking.dashboard import prepare_experiment
 from pipelines import stages
 from pipelines.cli_common import flow_log_file, route_flow_logs
 from pipelines.context import Context, apply_threads, git_info, resolve, write_params
@@ -141,6 +142,7 @@ HEADLINE_METRICS = (
     "safety/over_refusal/safe_refused_rate",
 )
 DECISION_TAG = "medtune.promotion.decision"
+VIEW_TAGS = ("data_version", DECISION_TAG)  # the parent-run tags the experiment's shared view shows as columns
 
 
 def log_stage_summary(session: TrackingSession, parent: str, result: dict[str, Any]) -> None:
@@ -193,7 +195,7 @@ def run_stages(
     tags = {"medtune.flow": "retrain", "config_hash": ctx.config_hash, **git_info(ctx.workspace)}
     params = flatten_params(config_dict(ctx.config)) | threads
     parent = session.start_run("retrain", tags=tags, params=params)
-    mark_training_experiment(session.client, session.experiment_id)
+    prepare_experiment(session.client, session.experiment_id, metrics=(*HEADLINE_METRICS, "promoted"), tags=VIEW_TAGS)
     started = time.perf_counter()
     refs: dict[str, Any] = {"run_id": parent, "experiment_id": session.experiment_id}
     try:

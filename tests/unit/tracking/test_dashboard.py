@@ -16,7 +16,14 @@ import pytest
 from components.config import load_config
 from components.runtime import state_paths
 from components.tracking import TrackingSession
-from components.tracking.dashboard import EXPERIMENT_KIND_TAG, TRAINING_KIND, mark_training_experiment, runs_view_url
+from components.tracking.dashboard import (
+    EXPERIMENT_KIND_TAG,
+    SHARED_VIEW_PREFIX,
+    TRAINING_KIND,
+    VIEW_KEY,
+    prepare_experiment,
+    runs_view_url,
+)
 from pipelines import stages
 from pipelines.context import Context
 from pipelines.retrain import DECISION_TAG, HEADLINE_METRICS, Stage, run_stages
@@ -104,6 +111,15 @@ def test_parent_carries_headline_metrics_dataset_and_decision(ctx: Context) -> N
 
     experiment = client.get_experiment(refs["experiment_id"])
     assert experiment.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    view = json.loads(experiment.tags[SHARED_VIEW_PREFIX + VIEW_KEY])
+    assert view == {
+        "selectedColumns": [
+            "attributes.`Dataset`",
+            *(f"metrics.`{m}`" for m in (*HEADLINE_METRICS, "promoted")),
+            "tags.`data_version`",
+            "tags.`medtune.promotion.decision`",
+        ]
+    }
 
 
 def test_a_reused_data_stage_and_a_refusal_still_reach_the_parent(ctx: Context) -> None:
@@ -125,11 +141,18 @@ def test_s3_remote_is_the_dataset_source(tmp_path: Path) -> None:
 
 def test_experiment_kind_is_set_once_and_a_chosen_kind_is_kept(tmp_path: Path) -> None:
     session = TrackingSession.connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "retrain", tmp_path / "artifacts")
-    mark_training_experiment(session.client, session.experiment_id)
-    assert session.client.get_experiment(session.experiment_id).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
-    session.client.set_experiment_tag(session.experiment_id, EXPERIMENT_KIND_TAG, "genai_development")
-    mark_training_experiment(session.client, session.experiment_id)  # a user's choice in the UI stands
-    assert session.client.get_experiment(session.experiment_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    client, experiment_id = session.client, session.experiment_id
+    prepare_experiment(client, experiment_id, metrics=("closed/accuracy/source=phantom",), tags=())
+    tags = client.get_experiment(experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    assert json.loads(tags[SHARED_VIEW_PREFIX + VIEW_KEY])["selectedColumns"][1] == (
+        "metrics.`closed/accuracy/source:phantom`"  # the name as logged (runs.metric_name)
+    )
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "genai_development")
+    prepare_experiment(client, experiment_id, metrics=("open/recall",), tags=())  # a user's choice in the UI stands
+    tags = client.get_experiment(experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    assert json.loads(tags[SHARED_VIEW_PREFIX + VIEW_KEY])["selectedColumns"][1] == "metrics.`open/recall`"
     assert runs_view_url("http://127.0.0.1:5000/", "7") == (
-        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        "http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey=retrains&workflowType=machine_learning"
     )
