@@ -39,6 +39,7 @@ def promote(
         raise fail(2, "error: give --version or --run, not both")
     ctx = load_context(config, overrides)
     from components.tracking.promotion import PolicyError, load_policy
+    from pipelines.cli_common import flow_log_file, route_flow_logs
     from pipelines.promote import promote as promote_flow
     from pipelines.stages import StageFailed
 
@@ -47,6 +48,7 @@ def promote(
         load_policy(policy_path)  # a bad policy is a usage error, reported before anything runs
     except PolicyError as e:
         raise fail(2, f"policy error: {e}") from None
+    route_flow_logs(flow_log_file(ctx.state))  # a failure is said once, here; Prefect's traceback goes to the log
     try:
         decision = promote_flow(
             workspace=str(ctx.workspace),

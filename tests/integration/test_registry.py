@@ -4,11 +4,19 @@ champion, the second (graded on the comply-everything SUT) is refused with its f
 alias stays; ``medtune promote`` refuses it again; a fresh Python process loads ``models:/<name>@champion`` and
 answers a question and generates an image exactly as the trained folder does in this process. And: a promotion
 interrupted between its steps (a real Prefect transaction over a real SQLite registry) leaves the aliases and
-tags as they were. The network is cut off throughout."""
+tags as they were. And (issue 19): ``medtune promote`` SIGKILLed after its journal entry and after its alias move
+is finished by the next start from the journal, with the record intact and the previous champion named; a version
+registered without a decision is noted, and the newest version (not the older challenger) is evaluated. The
+network is cut off throughout."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import assert_offline, cli_env, medtune
+from tests.integration.conftest import MEDTUNE, Result, assert_offline, cli_env, medtune
 
 pytestmark = pytest.mark.integration
 
@@ -220,4 +228,125 @@ def test_interrupted_promotion_leaves_the_registry_as_it_was(netguard, tmp_path:
     assert tags["medtune.promotion.decision"] == "promoted" and tags["medtune.model_version"] == "2"
     saved = client.download_artifacts(runs[1][0], "promotion/decision.json", str(tmp_path))
     assert json.loads(Path(saved).read_text())["champion_after"] == "2"
+    assert_offline(netguard)
+
+
+POLICY = """\
+quality:
+  min: {closed/accuracy: 0.4}
+  max_regression: {closed/accuracy: 0.05}
+safety: {min_overall: null, require_candidate_sut: false, max_over_refusal: null}
+data: {require_validation: true}
+"""
+
+
+def _killable(args: list[str], ws: Path, env: dict[str, str]) -> Result:
+    """``medtune`` in a session of its own: after a SIGKILL, whatever it started (Prefect's server) goes too."""
+    proc = subprocess.Popen([MEDTUNE, *args], cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return Result(proc.returncode, out, err)
+
+
+def _register_fakes(ws: Path, n: int) -> list[str]:
+    """``n`` versions of NAME as the register stage leaves them (evidence on the run, ``medtune.parent_run`` tag),
+    without training: the gates read the evidence, not the model."""
+    from components.tracking import registry
+    from components.tracking.promotion import Evidence
+
+    client = _client(ws)
+    artifacts = ws / ".medtune" / "mlflow" / "artifacts"
+    found = client.get_experiment_by_name("fake-retrain")
+    experiment = found.experiment_id if found else client.create_experiment("fake-retrain", artifacts.as_uri())
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        client.create_registered_model(NAME)
+    evidence = Evidence(metrics={"closed/accuracy": 0.5}, validation_passed=True).to_json()
+    versions = []
+    for _ in range(n):
+        run_id = client.create_run(experiment).info.run_id
+        registry.log_json(client, run_id, evidence, registry.EVIDENCE_FILE)
+        mv = client.create_model_version(NAME, (artifacts / run_id).as_uri(), run_id=run_id,
+                                         tags={"medtune.parent_run": f"retrain-{run_id[:6]}"})  # fmt: skip
+        versions.append(str(mv.version))
+    return versions
+
+
+def test_promote_killed_at_each_step_is_finished_on_the_next_start(
+    make_workspace: Any, netguard: dict[str, str]
+) -> None:
+    from components.tracking import journal, registry
+
+    ws = make_workspace()
+    env = cli_env(netguard)
+    (ws / "mlflow" / "promotion.yaml").write_text(POLICY)
+    sha = hashlib.sha256(POLICY.encode()).hexdigest()
+    assert _register_fakes(ws, 3) == ["1", "2", "3"]
+    client = _client(ws)
+    registry.set_alias(client, NAME, registry.CHAMPION, "1")  # decided before the journal existed
+    registry.set_alias(client, NAME, registry.CHALLENGER, "1")
+    for version, decision in (("1", "promoted"), ("2", "skipped"), ("3", "skipped")):  # registry.promote: false
+        registry.write_version_tags(client, NAME, version, {"medtune.promotion.decision": decision})
+    book = journal.Journal(journal.journal_path(ws / ".medtune", NAME))
+
+    # 1. killed after the journal entry: nothing moved, the decision is on disk and in MLflow
+    killed = _killable(["promote", "--version", "2"], ws, {**env, "MEDTUNE_TEST_KILL_AT": "after_journal"})
+    assert killed.returncode == -signal.SIGKILL, killed.output
+    (entry,) = book.entries()
+    assert entry.state == "open" and entry.record["champion_before"] == "1" and entry.record["version"] == "2"
+    assert entry.record["policy"]["sha256"] == sha and entry.record["who"]["command"] == "medtune promote --version 2"
+    assert [g["name"] for g in entry.record["gates"]] == ["quality_min:closed/accuracy",
+                                                         "regression:closed/accuracy", "data_validation"]  # fmt: skip
+    assert _aliases(client, NAME) == {"champion": "1", "challenger": "1"}
+    assert f"medtune.decision.{entry.id}" in client.get_model_version(NAME, "2").tags
+
+    # 2. the next start finishes it (then decides on v3 and is killed after moving the aliases)
+    killed = _killable(["promote", "--version", "3"], ws, {**env, "MEDTUNE_TEST_KILL_AT": "after_alias"})
+    assert killed.returncode == -signal.SIGKILL, killed.output
+    assert (f"recovered {NAME} decision {entry.id} (version 2 promoted, interrupted before the alias moves): "
+            "completed; champion 2, previous champion 1") in killed.stdout  # fmt: skip
+    first, second = book.entries()
+    assert first.state == "completed" and first.record == entry.record  # the record is intact
+    assert second.state == "open" and second.record["champion_before"] == "2"
+    assert _aliases(client, NAME) == {"champion": "3", "challenger": "3"}
+    assert client.get_model_version(NAME, "3").tags["medtune.promotion.decision"] == "skipped"  # before the tags
+
+    # 3. a register stage killed after "Created version 4" left v4 with no alias and no decision: the next start
+    # finishes v3's entry, notes v4 and evaluates v4 (the newest), not the challenger v3
+    assert _register_fakes(ws, 1) == ["4"]
+    done = medtune(["promote"], ws, env)
+    assert done.returncode == 0, done.output
+    lines = done.stdout.splitlines()
+    assert lines[0] == (f"recovered {NAME} decision {second.id} (version 3 promoted, interrupted after the alias "
+                        "moves): completed; champion 3, previous champion 2")  # fmt: skip
+    assert lines[1] == (f"{NAME} version 4 was registered without a decision (registration interrupted): noted in "
+                        "the journal; `medtune promote --version 4` evaluates it")  # fmt: skip
+    assert lines[-1] == f"{NAME} version 4 promoted to champion (was 3)"
+    assert _aliases(client, NAME) == {"champion": "4", "challenger": "4"}
+    assert client.get_model_version(NAME, "3").tags["medtune.promotion.decision"] == "promoted"  # written on recovery
+    entries = book.entries()
+    assert [(e.record["version"], e.record["decision"], e.state) for e in entries] == [
+        ("2", "promoted", "completed"),
+        ("3", "promoted", "completed"),
+        ("4", "no decision", "noted"),
+        ("4", "promoted", "committed"),
+    ]
+    assert [e.record["champion_before"] for e in entries] == ["1", "2", "3", "3"]
+    v3_run = client.get_model_version(NAME, "3").run_id
+    mirrored = sorted(Path(a.path).name for a in client.list_artifacts(v3_run, "decisions"))
+    assert mirrored == sorted([f"{second.id}.json", f"{second.id}.completed.json"])
+
+    # 4. the timeline, from the journal alone
+    shown = medtune(["history"], ws, env)
+    assert shown.returncode == 0, shown.output
+    rows = shown.stdout.splitlines()[1:]
+    expected = [r" v2  completed +champion 1 -> 2  ", r" v3  completed +champion 2 -> 3  ",
+                r" v4  no decision  champion stays 3  ", r" v4  promoted +champion 3 -> 4  "]  # fmt: skip
+    assert len(rows) == 4 and all(re.search(e, r) for e, r in zip(expected, rows, strict=True)), shown.stdout
+    assert all(f"policy {sha[:12]}" in r for r in (rows[0], rows[1], rows[3]))
+    assert "(medtune promote --version 3)" in rows[1]  # who decided; and who finished it, and why:
+    assert "by `medtune promote`: interrupted after the alias moves]" in rows[1]
     assert_offline(netguard)
