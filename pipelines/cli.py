@@ -12,7 +12,10 @@
     medtune config show [--schema]
     medtune init DIR                      # a new workspace (git + DVC) with the default config
 
-Exit codes: 0 ok, 2 usage or config error (nothing is written), 1 a stage failed.
+Exit codes: 0 ok, 2 usage or config error or the workspace busy (nothing is written), 1 a stage failed.
+
+Commands that write the workspace take its lock (``<state>/lock``; pipelines/lock.py): a second one exits 2 naming the
+holder, or waits ``--wait SECONDS`` (``runtime.lock_wait_s``). ``config show``, ``ui``, ``report`` take none.
 """
 
 from __future__ import annotations
