@@ -24,6 +24,12 @@ serving path), a missing image is an error rather than a text-only question (the
 every prompt), and answers are capped at 64 new tokens (the evaluation's caption length), settable per call with
 the ``max_new_tokens`` param.
 
+Served (``mlflow models serve``, README "Serving the champion"), a request the model cannot answer (unknown task, a
+missing or non-string column, an image that does not decode, a bad ``max_new_tokens``) raises
+``MlflowException(INVALID_PARAMETER_VALUE)``, which MLflow's scoring server answers with HTTP 400 and a one-line JSON
+body; anything else that fails is logged with its traceback on the server and answered with a one-line 500, so a
+client never sees a stack trace (issue 19 item 7). An image may also be a ``data:image/png;base64,...`` URL.
+
 :class:`VLMPredictor` does the work without MLflow (tests and the CLI use it directly); :class:`MedtuneVLMModel`
 is the thin pyfunc wrapper.
 """
@@ -32,6 +38,8 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +52,10 @@ TASKS = ("comprehension", "generation")
 COLUMNS = ("task", "question", "image")
 OUTPUTS = ("answer", "image")
 MAX_NEW_TOKENS = 64
+MAX_NEW_TOKENS_LIMIT = 1024  # a request's cap on its cap: one row asking for more is refused, not run for minutes
 ARTIFACT = "model"  # the key of the model folder in the pyfunc's artifacts
+
+logger = logging.getLogger(__name__)
 
 
 class PredictionInputError(ValueError):
@@ -74,12 +85,21 @@ def decode_pil(data: str, row: int = 0) -> Any:
     """Base64 PNG/JPEG -> an RGB PIL image (a whole HF VLM's processor takes it from there)."""
     from PIL import Image, UnidentifiedImageError
 
+    if data.startswith("data:") and "," in data:  # a data URL: data:image/png;base64,<base64>
+        data = data.split(",", 1)[1]
+    bad = f"row {row}: column 'image' is not a base64 PNG/JPEG image"
     try:
         raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise PredictionInputError(f"{bad} (not valid base64)") from None
+    try:
         with Image.open(io.BytesIO(raw)) as opened:
             return opened.convert("RGB")
-    except (ValueError, UnidentifiedImageError, OSError) as e:
-        raise PredictionInputError(f"row {row}: column 'image' is not a base64 PNG/JPEG image ({e})") from None
+    except UnidentifiedImageError:
+        raise PredictionInputError(f"{bad} (the decoded bytes are no image format Pillow reads)") from None
+    except (ValueError, OSError, Image.DecompressionBombError) as e:  # truncated, too many pixels, ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PredictionInputError(f"{bad} ({reason})") from None
 
 
 def decode_image(data: str, image_size: int, channels: int, row: int = 0) -> Any:
@@ -115,13 +135,11 @@ class VLMPredictor:
             raise FileNotFoundError(f"{root} has no vq/ folder: the model artifact needs its VQ tokenizer")
         return cls(load_trained(root), VQTokenizer.load(root / "vq").eval())
 
-    def predict(self, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict[str, str]]:
-        import torch
-
+    def inputs(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Every row checked and its image decoded, before any generation: (records in the training template,
+        images by key). Raises :class:`PredictionInputError` naming the first bad row."""
         from components.data.records import IMAGE_TOKEN
-        from components.evaluation.report import use_plugin
         from components.models.backend import renormaliser
-        from components.models.generate import answer_questions, generate_image_codes
 
         model = self.model
         images: dict[str, Any] = {}
@@ -142,6 +160,16 @@ class VLMPredictor:
             question = row["question"].replace(IMAGE_TOKEN, " ").strip()
             records.append({"task": row["task"], "image": key, "conversations": [
                 {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}]})  # fmt: skip
+        return records, images
+
+    def predict(self, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict[str, str]]:
+        import torch
+
+        from components.evaluation.report import use_plugin
+        from components.models.generate import answer_questions, generate_image_codes
+
+        model = self.model
+        records, images = self.inputs(rows)
         out = [{"answer": "", "image": ""} for _ in records]
         load = images.__getitem__
         asks = [i for i, r in enumerate(records) if r["task"] == "comprehension"]
@@ -177,10 +205,51 @@ class MedtuneVLMModel(PythonModel):
     # MLflow reads this type hint: pd.DataFrame is one it accepts without inferring a schema from it (the
     # signature logged with the model describes the columns); any other hint, or none, prints a warning.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+        try:
+            rows = input_rows(model_input)
+            cap = max_new_tokens(params)
+            answers = self.predictor.predict(rows, max_new_tokens=cap)
+        except PredictionInputError as e:  # the scoring server answers 400 with this message, no traceback
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as e:
+            logger.exception("medtune pyfunc: prediction failed")  # the traceback stays in the server's log
+            raise MlflowException(
+                f"prediction failed ({type(e).__name__}); the server's log has the details", error_code=INTERNAL_ERROR
+            ) from None
+        return pd.DataFrame(answers, columns=list(OUTPUTS))
+
+
+def input_rows(model_input: Any) -> list[dict[str, Any]]:
+    """The request as rows (a DataFrame, or what makes one: a list of row dicts, a dict of columns), checked for
+    the three columns; the rows' values are checked by :meth:`VLMPredictor.predict`."""
+    try:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        rows = frame.to_dict(orient="records")
-        cap = int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS))
-        return pd.DataFrame(self.predictor.predict(rows, max_new_tokens=cap), columns=list(OUTPUTS))
+    except (ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PredictionInputError(f"the input is not rows with columns {list(COLUMNS)} ({reason})") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise PredictionInputError(
+            f"missing column(s) {missing}; need {list(COLUMNS)}, got {list(map(str, frame.columns))}"
+        )
+    rows: list[dict[str, Any]] = frame[list(COLUMNS)].to_dict(orient="records")
+    return rows
+
+
+def max_new_tokens(params: Mapping[str, Any] | None) -> int:
+    """The ``max_new_tokens`` param: a whole number in 1..:data:`MAX_NEW_TOKENS_LIMIT`, :data:`MAX_NEW_TOKENS` if
+    absent."""
+    value = (params or {}).get("max_new_tokens", MAX_NEW_TOKENS)
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole and not (isinstance(value, str) and value.strip().isdigit()):
+        raise PredictionInputError(f"param max_new_tokens must be a whole number, got {value!r}")
+    cap = int(value)
+    if not 1 <= cap <= MAX_NEW_TOKENS_LIMIT:
+        raise PredictionInputError(f"param max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {cap}")
+    return cap
 
 
 def signature() -> Any:
