@@ -142,11 +142,11 @@ def _command_name() -> str | None:
 
 
 def hold_workspace(ctx: Any, command: str, wait_s: float | None) -> None:
-    """Take ``<state>/lock`` for ``command`` (exit 2 when busy), released when the command ends; what a dead holder
-    left (its processes, its RUNNING MLflow runs) is cleaned up first (pipelines/lock.py)."""
+    """Take ``<state>/lock`` for ``command`` (exit 2 when busy) until the process exits; what a dead holder left
+    (its processes, its RUNNING MLflow runs) is cleaned up first (pipelines/lock.py). Released at exit, after the
+    handlers registered later (Prefect stops its temporary server in one): nothing of the command outlives its lock.
+    A second command in the same process (a test) finds its own token and passes through."""
     import atexit
-
-    import click
 
     from pipelines.lock import WorkspaceBusy, hold_context
 
@@ -154,10 +154,7 @@ def hold_workspace(ctx: Any, command: str, wait_s: float | None) -> None:
         lock = hold_context(ctx, command, wait_s=wait_s, echo=_say)
     except WorkspaceBusy as e:
         raise fail(2, str(e)) from None
-    here = click.get_current_context(silent=True)
-    if here is not None:
-        here.call_on_close(lock.release)
-    atexit.register(lock.release)
+    atexit.register(lock.release)  # atexit runs last-registered first
 
 
 def _say(line: str) -> None:
