@@ -160,6 +160,7 @@ def test_a_child_of_the_holder_passes_through_and_a_stranger_does_not(tmp_path: 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         assert os.environ[LOCK_ENV] == lock.holder.token
+        assert acquire(tmp_path / "lock", "medtune train").inherited  # a second command in the same process
         child = subprocess.run(
             [sys.executable, "-c", probe, str(tmp_path / "lock")], env=env, capture_output=True, text=True, timeout=60
         )
