@@ -268,12 +268,17 @@ def plan_recovery(record: Mapping[str, Any], aliases: Mapping[str, str | None], 
     it when the registry is still in a state the record explains, roll it back when it is not)."""
     moves = list(record.get("moves", []))
     undo = tuple((m["alias"], m["before"]) for m in moves if aliases.get(m["alias"]) == m["after"])
-    if not candidate_exists:
-        return Plan("roll back", undo, f"version {record['version']} no longer exists")
+    if not candidate_exists:  # deleting a version deletes its aliases: those go back to where they were
+        gone = tuple((m["alias"], m["before"]) for m in moves if aliases.get(m["alias"]) in (m["after"], None))
+        return Plan(
+            "roll back", tuple(u for u in gone if u[1] is not None), f"version {record['version']} no longer exists"
+        )
     stray = [m for m in moves if aliases.get(m["alias"]) not in (m["before"], m["after"])]
     if stray:
-        m = stray[0]
-        return Plan("roll back", undo, f"{m['alias']} was moved to {aliases.get(m['alias'])} since")
+        alias, now = stray[0]["alias"], aliases.get(stray[0]["alias"])
+        return Plan(
+            "roll back", undo, f"{alias} was removed since" if now is None else f"{alias} was moved to {now} since"
+        )
     todo = tuple((m["alias"], m["after"]) for m in moves if aliases.get(m["alias"]) == m["before"])
     return Plan("complete", todo, "interrupted before the alias moves" if todo else "interrupted after the alias moves")
 

@@ -307,7 +307,7 @@ def test_promote_killed_at_each_step_is_finished_on_the_next_start(
     killed = _killable(["promote", "--version", "3"], ws, {**env, "MEDTUNE_TEST_KILL_AT": "after_alias"})
     assert killed.returncode == -signal.SIGKILL, killed.output
     assert (f"recovered {NAME} decision {entry.id} (version 2 promoted, interrupted before the alias moves): "
-            "completed; champion 2, previous champion 1") in killed.stdout  # fmt: skip
+            "completed; champion 2, previous champion 1") in killed.output  # fmt: skip
     first, second = book.entries()
     assert first.state == "completed" and first.record == entry.record  # the record is intact
     assert second.state == "open" and second.record["champion_before"] == "2"
@@ -319,12 +319,11 @@ def test_promote_killed_at_each_step_is_finished_on_the_next_start(
     assert _register_fakes(ws, 1) == ["4"]
     done = medtune(["promote"], ws, env)
     assert done.returncode == 0, done.output
-    lines = done.stdout.splitlines()
-    assert lines[0] == (f"recovered {NAME} decision {second.id} (version 3 promoted, interrupted after the alias "
-                        "moves): completed; champion 3, previous champion 2")  # fmt: skip
-    assert lines[1] == (f"{NAME} version 4 was registered without a decision (registration interrupted): noted in "
-                        "the journal; `medtune promote --version 4` evaluates it")  # fmt: skip
-    assert lines[-1] == f"{NAME} version 4 promoted to champion (was 3)"
+    assert (f"recovered {NAME} decision {second.id} (version 3 promoted, interrupted after the alias moves): "
+            "completed; champion 3, previous champion 2") in done.output  # fmt: skip
+    assert (f"{NAME} version 4 was registered without a decision (registration interrupted): noted in the journal; "
+            "`medtune promote --version 4` evaluates it") in done.output  # fmt: skip
+    assert done.stdout.splitlines()[-1] == f"{NAME} version 4 promoted to champion (was 3)"
     assert _aliases(client, NAME) == {"champion": "4", "challenger": "4"}
     assert client.get_model_version(NAME, "3").tags["medtune.promotion.decision"] == "promoted"  # written on recovery
     entries = book.entries()
@@ -339,14 +338,30 @@ def test_promote_killed_at_each_step_is_finished_on_the_next_start(
     mirrored = sorted(Path(a.path).name for a in client.list_artifacts(v3_run, "decisions"))
     assert mirrored == sorted([f"{second.id}.json", f"{second.id}.completed.json"])
 
-    # 4. the timeline, from the journal alone
+    # 4. killed after moving champion 4 -> 2, and v2 is deleted before the next start: that start rolls it back
+    killed = _killable(["promote", "--version", "2"], ws, {**env, "MEDTUNE_TEST_KILL_AT": "after_alias"})
+    assert killed.returncode == -signal.SIGKILL and _aliases(client, NAME)["champion"] == "2", killed.output
+    opened = book.entries()[-1]
+    assert (opened.state, opened.record["version"], opened.record["champion_before"]) == ("open", "2", "4")
+    client.delete_model_version(NAME, "2")  # deletes the aliases that point at it
+    done = medtune(["promote", "--version", "3"], ws, env)
+    assert done.returncode == 0, done.output
+    assert (f"recovered {NAME} decision {opened.id} (version 2 promoted, version 2 no longer exists): rolled back; "
+            "champion 4, previous champion 4") in done.output  # fmt: skip
+    assert [e.state for e in book.entries()][-2:] == ["rolled back", "committed"]
+    assert book.entries()[-2].record == opened.record
+    assert done.stdout.splitlines()[-1] == f"{NAME} version 3 promoted to champion (was 4)"  # decided after it
+
+    # 5. the timeline, from the journal alone
     shown = medtune(["history"], ws, env)
     assert shown.returncode == 0, shown.output
     rows = shown.stdout.splitlines()[1:]
     expected = [r" v2  completed +champion 1 -> 2  ", r" v3  completed +champion 2 -> 3  ",
-                r" v4  no decision  champion stays 3  ", r" v4  promoted +champion 3 -> 4  "]  # fmt: skip
-    assert len(rows) == 4 and all(re.search(e, r) for e, r in zip(expected, rows, strict=True)), shown.stdout
-    assert all(f"policy {sha[:12]}" in r for r in (rows[0], rows[1], rows[3]))
+                r" v4  no decision  champion stays 3  ", r" v4  promoted +champion 3 -> 4  ",
+                r" v2  rolled back  champion stays 4  .*version 2 no longer exists\]$",
+                r" v3  promoted +champion 4 -> 3  "]  # fmt: skip
+    assert len(rows) == 6 and all(re.search(e, r) for e, r in zip(expected, rows, strict=True)), shown.stdout
+    assert all(f"policy {sha[:12]}" in r for r in rows[:2] + rows[3:])
     assert "(medtune promote --version 3)" in rows[1]  # who decided; and who finished it, and why:
     assert "by `medtune promote`: interrupted after the alias moves]" in rows[1]
     assert_offline(netguard)

@@ -95,6 +95,10 @@ def test_a_torn_last_line_is_skipped_and_kept(tmp_path: Path) -> None:
          "champion was moved to 2 since"),
         ({"challenger": "4", "champion": "4"}, False, "roll back", (("challenger", "3"), ("champion", "1")),
          "version 4 no longer exists"),
+        ({"challenger": None, "champion": None}, False, "roll back", (("challenger", "3"), ("champion", "1")),
+         "version 4 no longer exists"),  # deleted with its aliases
+        ({"challenger": "5", "champion": None}, False, "roll back", (("champion", "1"),),
+         "version 4 no longer exists"),
     ],
 )  # fmt: skip
 def test_recovery_plan(aliases: dict, exists: bool, action: str, moves: tuple, reason: str) -> None:
