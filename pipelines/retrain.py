@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import config_dict
 from components.tracking import TrackingSession, flatten_params
-from components.tracking.dashboard import prepare_experiment
+from components.tracking.dashboard import prepare_experiment, run_metrics
 from pipelines import stages
 from pipelines.cli_common import flow_log_file, route_flow_logs
 from pipelines.context import Context, apply_threads, git_info, resolve, write_params
@@ -149,8 +149,6 @@ def log_stage_summary(session: TrackingSession, parent: str, result: dict[str, A
     """What a finished stage adds to the parent run: its child run's headline metrics, and from the data stage the
     data version (tag) and the dataset input, from the register stage the decision (tag and ``promoted`` 0/1).
     Read back from the child run, so a stage whose work was re-used still brings what it logged."""
-    from components.tracking.dashboard import run_metrics
-
     if result.get("run_id"):
         metrics = run_metrics(session.client, result["run_id"], HEADLINE_METRICS)
         if metrics:
@@ -158,10 +156,8 @@ def log_stage_summary(session: TrackingSession, parent: str, result: dict[str, A
     if "data_version" in result:
         session.set_tags(parent, {"data_version": result["data_version"]})
         if result.get("dataset") and result.get("dataset_source"):
-            folder = Path(result["dataset"])
-            stages.log_dataset_input(
-                session, parent, version=result["data_version"], folder=folder, source=result["dataset_source"]
-            )
+            version, folder, source = result["data_version"], Path(result["dataset"]), result["dataset_source"]
+            stages.log_dataset_input(session, parent, version=version, folder=folder, source=source)
     if "decision" in result:
         session.set_tags(parent, {DECISION_TAG: result["decision"]})
         session.log_metrics(parent, {"promoted": 1.0 if result["decision"] == "promoted" else 0.0})

@@ -216,7 +216,7 @@ def dataset_profile(report: dict[str, Any]) -> dict[str, Any]:
     keys = ("records", "images", "groups", "per_split", "per_source", "per_task", "per_kind", "per_modality")
     profile = {k: report[k] for k in keys if k in report}
     if "records" in profile:
-        profile["num_records"] = profile.pop("records")  # the key MLflow's dataset views show as the row count
+        profile["num_rows"] = profile.pop("records")  # the name MLflow's own datasets (pandas, numpy) give it
     return profile
 
 

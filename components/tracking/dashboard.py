@@ -6,7 +6,7 @@ columns shown.
 
     prepare_experiment(client, experiment_id, metrics=("closed/accuracy", "promoted"), tags=("data_version",))
     log_dataset(client, run_id, name="vlhealth", digest=data_version, source="s3://bucket/medtune/dvc",
-                profile={"num_records": 303, "per_split": {"train": 234, "val": 42, "test": 27}})
+                profile={"num_rows": 303, "per_split": {"train": 234, "val": 42, "test": 27}})
     run_metrics(client, child_run_id, ("closed/accuracy", "open/recall"))   # {"closed/accuracy": 0.71, ...}
     runs_view_url("http://127.0.0.1:5000", experiment_id)                   # the link that shows it all
 

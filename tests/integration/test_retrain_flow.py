@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from components.config import load_config
+from pipelines.retrain import DECISION_TAG, HEADLINE_METRICS
 from tests.conftest import REPO
 from tests.integration.conftest import assert_offline, cli_env, medtune
 from tests.integration.test_registry import assert_second_unsafe_version_refused_and_champion_loads, relax_quality_floor
@@ -88,8 +89,28 @@ def test_run_twice_tracks_registers_and_reuses_data(make_workspace, serve_ui, ne
     assert sorted(m["step"] for h in histories for m in h) == list(range(1, steps + 1))
     reused = sorted(t["dvc.reused"] for r, t in zip(runs, tags, strict=True) if t.get("mlflow.runName") == "data")
     assert reused == ["false", "true"]
+    _assert_parents_compare_in_the_runs_table(ui, exp, parents, version)
     assert_second_unsafe_version_refused_and_champion_loads(ws, env, first, second, tmp_path)
     assert_offline(netguard)
+
+
+def _assert_parents_compare_in_the_runs_table(ui, exp: dict, parents: list, version: str) -> None:
+    """Issue 19: each parent run carries its stages' headline metrics, the decision and the dataset (re-used data
+    included); the experiment is tagged as model training and holds the runs table's shared view."""
+    decisions = []
+    for parent, ptags in parents:
+        metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+        assert {*HEADLINE_METRICS, "promoted"} <= set(metrics), sorted(metrics)
+        assert metrics["promoted"] == (1.0 if ptags[DECISION_TAG] == "promoted" else 0.0)
+        decisions.append(ptags[DECISION_TAG])
+        (found,) = parent["inputs"]["dataset_inputs"]
+        assert (found["dataset"]["name"], found["dataset"]["digest"]) == ("vlhealth", version)
+        assert json.loads(found["dataset"]["profile"])["num_rows"] > 0
+    assert sorted(decisions) == ["promoted", "refused"]
+    experiment = ui.get(f"/api/2.0/mlflow/experiments/get?experiment_id={exp['experiment_id']}")["experiment"]
+    exp_tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "metrics.`closed/accuracy`" in json.loads(exp_tags["mlflow.sharedViewState.retrains"])["selectedColumns"]
 
 
 def _artifacts(ui, run_id: str, path: str = "") -> set[str]:

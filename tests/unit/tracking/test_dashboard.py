@@ -106,7 +106,7 @@ def test_parent_carries_headline_metrics_dataset_and_decision(ctx: Context) -> N
         assert found.dataset.source_type == "local"
         assert json.loads(found.dataset.source) == {"uri": str(ctx.state.dvc_remote.resolve())}
         profile = json.loads(found.dataset.profile)
-        assert profile == {"num_records": 303, "images": 42, "per_split": {"train": 234, "val": 42, "test": 27}}
+        assert profile == {"num_rows": 303, "images": 42, "per_split": {"train": 234, "val": 42, "test": 27}}
         assert [(t.key, t.value) for t in found.tags] == [("mlflow.data.context", "train")]
 
     experiment = client.get_experiment(refs["experiment_id"])
