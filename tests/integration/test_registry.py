@@ -161,19 +161,21 @@ APPLY = textwrap.dedent(
             out[item["name"]] = {
                 "aliases": {a: str(v) for a, v in model.aliases.items()},
                 "run_tags": sorted(k for k in client.get_run(item["parent"]).data.tags if k.startswith("medtune.")),
-                "version_tags": sorted(k for k in (version.tags or {}) if k.startswith("medtune.")),
+                "version_tags": sorted(k for k in (version.tags or {})  # the journal's mirror tags stay: records
+                                       if k.startswith("medtune.") and not k.startswith("medtune.decision.")),
             }
         return out
 
+    policy = {"path": "p.yaml", "sha256": "0" * 64, "text": ""}
     for fail in (True, False):
         promote.write_artifacts = disk_full if fail else real_write  # the transaction's last step fails, or not
         for item in args["promotions"]:
             decision = Decision("promoted", (), item["version"], item["before"], item["version"])
             record = promote.Record(args["uri"], item["name"], item["version"], item["parent"], item["run"], "# c")
-            try:
-                promote.apply_decision(args["uri"], decision, record, challenger=True)
-            except OSError as e:
-                print("rolled back", item["name"], e)
+            try:  # as the register stage does it: journal, the transaction, the commit mark
+                promote.carry_out("register", Path(args["state"]), decision, record, policy, challenger=True)
+            except promote.StageFailed as e:
+                print(e)
         print(json.dumps(state()))
     """
 )
@@ -212,8 +214,11 @@ def test_interrupted_promotion_leaves_the_registry_as_it_was(netguard, tmp_path:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[:2] == [f"rolled back {NAME} disk full while writing the decision",
-                         "rolled back fresh-model disk full while writing the decision"]  # fmt: skip
+    for line, (name, version) in zip(lines[:2], [(NAME, "2"), ("fresh-model", "1")], strict=True):
+        assert line.startswith(f"stage 'register' failed: recording the decision for {name} version {version} "
+                               "(decision 20")  # fmt: skip
+        assert line.endswith("failed and was rolled back (aliases and tags as before; the version stays "
+                             "registered): OSError: disk full while writing the decision")  # fmt: skip
     interrupted, completed = json.loads(lines[2]), json.loads(lines[3])
     # interrupted after both alias moves and the tags: everything as it was (no champion: the alias is removed)
     assert interrupted == {
@@ -228,6 +233,18 @@ def test_interrupted_promotion_leaves_the_registry_as_it_was(netguard, tmp_path:
     assert tags["medtune.promotion.decision"] == "promoted" and tags["medtune.model_version"] == "2"
     saved = client.download_artifacts(runs[1][0], "promotion/decision.json", str(tmp_path))
     assert json.loads(Path(saved).read_text())["champion_after"] == "2"
+    # the journal holds both tries: the first closed "rolled back" with its reason, the second committed
+    from components.tracking import journal
+
+    for name, before in ((NAME, "1"), ("fresh-model", None)):
+        book = journal.Journal(journal.journal_path(tmp_path / ".medtune", name))
+        failed, done = book.entries()
+        assert (failed.state, done.state) == ("rolled back", "committed")
+        assert failed.closed is not None and failed.closed["reason"] == "OSError: disk full while writing the decision"
+        assert failed.record["champion_before"] == done.record["champion_before"] == before
+        assert failed.record["stage"] == "register" and failed.record["runs"]["parent_run"] is not None
+        tags = client.get_model_version(name, failed.record["version"]).tags
+        assert tags[f"medtune.decision.{failed.id}"] == tags[f"medtune.decision.{done.id}"] == "promoted"
     assert_offline(netguard)
 
 
