@@ -25,16 +25,17 @@ def promote(
     config: ConfigOpt = None,
     overrides: Overrides = None,
     version: Annotated[
-        str | None, typer.Option(help="Registered version to promote (default: the challenger).")
+        str | None, typer.Option(help="Registered version to promote (default: the newest registered version).")
     ] = None,
     run: Annotated[str | None, typer.Option("--run", help="Promote the version this retrain run registered.")] = None,
     policy: Annotated[
         Path | None, typer.Option(help="Promotion policy YAML (default: registry.policy of the config).")
     ] = None,
 ) -> None:
-    """Apply the promotion policy to a registered version; move the champion alias if every gate passes.
+    """Apply the promotion policy to a registered version; move the champion alias if every gate passes. The
+    decision is journaled before the alias moves (medtune history); an unfinished earlier one is finished first.
 
-    Exit 0 promoted, 1 refused (each failed gate is named with its margin), 2 usage error."""
+    Exit 0 promoted, 1 refused (each failed gate named with its margin) or failed, 2 usage error."""
     if version is not None and run is not None:
         raise fail(2, "error: give --version or --run, not both")
     ctx = load_context(config, overrides)

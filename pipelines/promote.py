@@ -224,7 +224,11 @@ def recover_promotions(
     state_root: Path, tracking_uri: str, *, model: str | None = None, orphans: bool = False, echo: Echo = print
 ) -> list[str]:
     """Finish or roll back every promotion the journals hold open (``model``: that model's only), one console line
-    each; with ``orphans``, also note in the journal each version registered without a decision. Idempotent. Cheap
+    each; with ``orphans``, also note in the journal each version registered without a decision. The rule
+    (:func:`components.tracking.journal.plan_recovery`): an entry is finished (its remaining alias moves made, its
+    tags and card written, ``completed`` appended) when every alias it moves is still at its recorded before or
+    after and the candidate still exists; otherwise it is rolled back (an alias still at the candidate goes back to
+    the recorded previous version, or is removed when there was none; ``rolled back`` appended). Idempotent. Cheap
     when nothing is open and ``orphans`` is off: the journal files are read, MLflow is not touched. Call it after
     taking the workspace lock; the promote command and the register stage call it themselves. Raises
     :class:`StageFailed` (stage ``recover``) naming the entry when MLflow refuses; the entry then stays open."""
