@@ -304,6 +304,8 @@ def _write_decision(client: Any, name: str, rec: Mapping[str, Any]) -> None:
     if rec.get("stage") == "register" and runs.get("parent_run"):
         registry.write_run_tags(client, runs["parent_run"], tags)
         registry.log_json(client, runs["parent_run"], decision.to_json(), registry.DECISION_FILE)
+        stage_tags = {"medtune.model_version": decision.version, "medtune.promotion.decision": decision.decision}
+        registry.write_run_tags(client, runs["version_run"], stage_tags)  # the register stage's own run
     evidence = registry.load_evidence(client, runs["version_run"]) if runs.get("version_run") else None
     if evidence is not None:
         info = registry.load_json(client, runs["version_run"], registry.MODEL_INFO_FILE)

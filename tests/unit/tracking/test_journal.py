@@ -239,3 +239,30 @@ def test_a_version_registered_without_a_decision_is_noted_once(store, tmp_path: 
     (row,) = journal.timeline(journal.Journal(journal.journal_path(tmp_path / "state", NAME)).records())
     assert (row.version, row.outcome, row.note) == ("2", "no decision", "registration interrupted")
     assert registry.newest_version(client, NAME) == "2"  # what `medtune promote` evaluates, not the challenger
+
+
+def test_recovery_of_a_register_stage_writes_the_retrain_runs_decision(store, tmp_path: Path) -> None:
+    from components.tracking import registry
+    from pipelines.promote import recover_promotions
+
+    uri, client = store
+    runs = _register(client, tmp_path, 1)
+    parent = client.create_run(client.get_experiment_by_name("retrain").experiment_id).info.run_id
+    rec = _entry("1", None, challenger=None)
+    rec.update(model=NAME, stage="register", runs={"version_run": runs[0], "parent_run": parent})
+    journal.Journal(journal.journal_path(tmp_path / "state", NAME)).append(rec)
+    for alias in ("champion", "challenger"):  # killed after the alias moves, before the tags
+        registry.set_alias(client, NAME, alias, "1")
+    (line,) = recover_promotions(tmp_path / "state", uri, echo=lambda _: None)
+    assert line.endswith("(version 1 promoted, interrupted after the alias moves): completed; champion 1, previous "
+                         "champion none")  # fmt: skip
+    tags = client.get_run(parent).data.tags
+    assert {k: tags[k] for k in registry.DECISION_TAGS} == {
+        "medtune.promotion.decision": "promoted",
+        "medtune.promotion.failed_gates": "",
+        "medtune.registered_model": NAME,
+        "medtune.model_version": "1",
+    }
+    saved = json.loads(Path(client.download_artifacts(parent, registry.DECISION_FILE, str(tmp_path / "d"))).read_text())
+    assert saved["champion_before"] is None and saved["champion_after"] == "1"
+    assert client.get_run(runs[0]).data.tags["medtune.promotion.decision"] == "promoted"
