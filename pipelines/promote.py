@@ -13,11 +13,11 @@ A decision is carried out as a journal (:mod:`components.tracking.journal`, issu
 sha256, gates, previous champion, candidate, time, user@host and command) is appended to
 ``<state>/registry/<model>/journal.jsonl`` (fsync'd) and mirrored to MLflow (``decisions/<id>.json`` on the
 candidate's run, version tag ``medtune.decision.<id>``); then the aliases move; then a ``committed`` mark is
-appended. :func:`recover_promotions` runs first in every promote and register (and after the workspace lock is
-taken): an entry without its mark is finished or rolled back from its record (the rule is in the journal's
-docstring), and a version registered without a decision is noted in the journal. ``medtune promote`` evaluates
-the newest registered version by default: a register stage killed after "Created version N" leaves the challenger
-alias on the version before, which is not the one the user wants judged.
+appended. :func:`recover_promotions` (:mod:`components.tracking.recovery`) runs first in every promote and register
+(and after the workspace lock is taken): an entry without its mark is finished or rolled back from its record (the
+rule is in the journal's docstring), and a version registered without a decision is noted in the journal.
+``medtune promote`` evaluates the newest registered version by default: a register stage killed after "Created
+version N" leaves the challenger alias on the version before, which is not the one the user wants judged.
 
 Within one process, the alias moves and the decision record are also one Prefect transaction (:func:`apply_decision`):
 each step is a task whose ``on_rollback`` hook restores what it changed (the alias's previous version, or no alias;
@@ -232,108 +232,12 @@ def recover_promotions(
     when nothing is open and ``orphans`` is off: the journal files are read, MLflow is not touched. Call it after
     taking the workspace lock; the promote command and the register stage call it themselves. Raises
     :class:`StageFailed` (stage ``recover``) naming the entry when MLflow refuses; the entry then stays open."""
-    from components.tracking import journal
+    from components.tracking.recovery import RecoveryError, recover
 
-    files = journal.journals(state_root) if model is None else {model: journal.journal_path(state_root, model)}
-    done: list[str] = []
-    client = None
-    for name, path in files.items():
-        book = journal.Journal(path)
-        pending = [e for e in book.entries() if e.state == "open"]
-        if not pending and not orphans:
-            continue
-        client = client or _client(tracking_uri)
-        for entry in pending:
-            if journal.writer_alive(entry.record):
-                echo(f"{name} decision {entry.id} is being carried out by pid {entry.record['who']['pid']}: left alone")
-                continue
-            try:
-                done.append(_recover(client, book, name, entry))
-            except Exception as e:
-                what = f"finishing {name} decision {entry.id} (version {entry.record['version']})"
-                raise StageFailed(
-                    "recover", f"{what} failed: {type(e).__name__}: {e}; it stays open for the next start"
-                ) from None
-            echo(done[-1])
-        if orphans:
-            for line in _note_orphans(client, book, name):
-                echo(line)
-                done.append(line)
-    return done
-
-
-def _recover(client: Any, book: Any, name: str, entry: Any) -> str:
-    from components.tracking import journal, registry
-
-    rec, version = entry.record, str(entry.record["version"])
-    version_run = str((rec.get("runs") or {}).get("version_run") or "")
     try:
-        registry.version_run(client, name, version)
-        exists = True
-    except LookupError:
-        exists = False
-    aliases = {m["alias"]: registry.alias_version(client, name, m["alias"]) for m in rec.get("moves", [])}
-    plan = journal.plan_recovery(rec, aliases, exists)
-    if exists and version_run and not registry.is_mirrored(client, version_run, entry.id):
-        registry.mirror_decision(client, name, version_run, rec)  # killed between the journal file and MLflow
-    for alias, target in plan.moves:
-        registry.set_alias(client, name, alias, target)
-    if plan.action == "complete":
-        _write_decision(client, name, rec)
-    state = journal.COMPLETED if plan.action == "complete" else journal.ROLLED_BACK
-    champion = registry.alias_version(client, name, registry.CHAMPION)
-    closing = journal.mark(entry.id, state, champion=champion, reason=plan.reason)
-    book.append(closing)
-    if exists and version_run:
-        registry.mirror_mark(client, version_run, closing)
-    return (f"recovered {name} decision {entry.id} (version {version} {rec['decision']}, {plan.reason}): {state}; "
-            f"champion {champion or 'none'}, previous champion {rec.get('champion_before') or 'none'}")  # fmt: skip
-
-
-def _write_decision(client: Any, name: str, rec: Mapping[str, Any]) -> None:
-    """What the interrupted command had left to write: the decision tags, the card, and for the register stage the
-    retrain run's tags and decision.json."""
-    from components.tracking import journal, registry
-    from components.tracking.model_card import render_card
-
-    decision = journal.decision_of(rec)
-    runs = rec.get("runs") or {}
-    tags = registry.decision_tags(name, decision)
-    keys = ("medtune.promotion.decision", "medtune.promotion.failed_gates")
-    registry.write_version_tags(client, name, decision.version, {k: tags[k] for k in keys})
-    if rec.get("stage") == "register" and runs.get("parent_run"):
-        registry.write_run_tags(client, runs["parent_run"], tags)
-        registry.log_json(client, runs["parent_run"], decision.to_json(), registry.DECISION_FILE)
-        stage_tags = {"medtune.model_version": decision.version, "medtune.promotion.decision": decision.decision}
-        registry.write_run_tags(client, runs["version_run"], stage_tags)  # the register stage's own run
-    evidence = registry.load_evidence(client, runs["version_run"]) if runs.get("version_run") else None
-    if evidence is not None:
-        info = registry.load_json(client, runs["version_run"], registry.MODEL_INFO_FILE)
-        card = render_card(name, decision.version, evidence, decision=decision, model_info=info)
-        client.log_text(runs["version_run"], card, registry.CARD_FILE)
-
-
-def _note_orphans(client: Any, book: Any, name: str) -> list[str]:
-    """Versions medtune registered (tag ``medtune.parent_run``) that no journal line and no decision tag names: the
-    register stage died between "Created version N" and its journal entry. Each gets a "no decision" note; the
-    version stays registered and ``medtune promote`` (newest by default, or ``--version N``) evaluates it."""
-    from components.tracking import journal, registry
-
-    seen = {str(r.get("version")) for r in book.records() if "id" in r}
-    found = [
-        (v, run)
-        for v, run, tags in registry.versions(client, name)
-        if v not in seen and "medtune.parent_run" in tags and "medtune.promotion.decision" not in tags
-    ]
-    lines = []
-    champion = registry.alias_version(client, name, registry.CHAMPION) if found else None
-    for version, run_id in found:
-        note = journal.orphan_record(name, version, champion, run_id)
-        book.append(note)
-        registry.mirror_decision(client, name, run_id, note)
-        lines.append(f"{name} version {version} was registered without a decision (registration interrupted): noted "
-                     f"in the journal; `medtune promote --version {version}` evaluates it")  # fmt: skip
-    return lines
+        return recover(state_root, tracking_uri, model=model, orphans=orphans, echo=echo)
+    except RecoveryError as e:
+        raise StageFailed("recover", str(e)) from None
 
 
 # -- evaluating a version -------------------------------------------------------------------------------------------

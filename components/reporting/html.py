@@ -139,7 +139,7 @@ def _history(record: RunRecord) -> str:
             escape(r.version),
             f'<span class="badge {OUTCOME_CLASSES.get(r.outcome, "muted")}">{escape(r.outcome)}</span>',
             escape(r.champion_before or "none"),
-            escape(r.champion_after or "-"),
+            "-" if r.outcome == "unfinished" else escape(r.champion_after or "none"),
             escape(", ".join(r.failed_gates)) or "-",
             f"<code>{escape((r.policy_sha256 or '-')[:12])}</code>",
             escape(f"{r.who} ({r.command})" if r.command else r.who),
