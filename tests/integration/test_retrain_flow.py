@@ -100,7 +100,8 @@ def _assert_parents_compare_in_the_runs_table(ui, exp: dict, parents: list, vers
     decisions = []
     for parent, ptags in parents:
         metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
-        assert {*HEADLINE_METRICS, "promoted"} <= set(metrics), sorted(metrics)
+        measured = {*HEADLINE_METRICS, "promoted"} - {"safety/over_refusal/safe_refused_rate"}  # smoke: no safe prompts
+        assert measured <= set(metrics), sorted(metrics)
         assert metrics["promoted"] == (1.0 if ptags[DECISION_TAG] == "promoted" else 0.0)
         decisions.append(ptags[DECISION_TAG])
         (found,) = parent["inputs"]["dataset_inputs"]
