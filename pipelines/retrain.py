@@ -132,8 +132,8 @@ def retrain(workspace: str, config: str, overrides: list[str], skip_unchanged: b
 
 
 #: The metrics the parent run repeats from its stages' child runs (the names the stages log), so MLflow's runs table
-#: shows a retrain's outcome in one row: closed and open VQA, generation SSIM, the safety grade's rank (higher is
-#: better) and the share of safe prompts refused; plus ``promoted`` (1 when champion moved to this run's version).
+#: shows a retrain's outcome in one row: closed and open VQA, generation SSIM, the safety grade's rank (1 is the
+#: best) and the share of safe prompts refused; plus ``promoted`` (1 when champion moved to this run's version).
 HEADLINE_METRICS = (
     "closed/accuracy",
     "open/recall",

@@ -84,8 +84,8 @@ def test_runs_table_shows_headline_metrics_and_dataset_of_two_retrains(
     for name in ("MLFLOW_TRACKING_URI", "MEDTUNE_HOME"):  # the workspace's own store, as `medtune ui` serves it
         monkeypatch.delenv(name, raising=False)
     ctx = context(ws)
-    retrain_like(ctx, accuracy=0.75, grade_rank=4.0, decision="promoted", reused=False)
-    refs = retrain_like(ctx, accuracy=0.5, grade_rank=1.0, decision="refused", reused=True)
+    retrain_like(ctx, accuracy=0.75, grade_rank=1.0, decision="promoted", reused=False)
+    refs = retrain_like(ctx, accuracy=0.5, grade_rank=5.0, decision="refused", reused=True)
     ui = serve_ui(ws)
 
     dom = open_in_chromium(browser, runs_view_url(ui.base, refs["experiment_id"]), tmp_path)
@@ -101,8 +101,8 @@ def test_runs_table_shows_headline_metrics_and_dataset_of_two_retrains(
     assert len(rows) == 2, grid.rows  # the two parents; their stages' child runs stay folded under them
     seen = {tuple(row[c] for c in (*metrics, *tags)) for row in rows}
     assert seen == {
-        ("0.75", "0.375", "0.25", "4", "0.125", "1", VERSION, "promoted"),
-        ("0.5", "0.25", "0.25", "1", "0.125", "0", VERSION, "refused"),
+        ("0.75", "0.375", "0.25", "1", "0.125", "1", VERSION, "promoted"),
+        ("0.5", "0.25", "0.25", "5", "0.125", "0", VERSION, "refused"),
     }
     for row in rows:
         assert row["attributes.`Dataset`"].startswith(f"vlhealth ({VERSION})"), row

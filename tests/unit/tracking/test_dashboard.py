@@ -85,14 +85,14 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Context:
 
 
 def test_parent_carries_headline_metrics_dataset_and_decision(ctx: Context) -> None:
-    refs = retrain_like(ctx, accuracy=0.75, grade_rank=4.0, decision="promoted", reused=False)
+    refs = retrain_like(ctx, accuracy=0.75, grade_rank=1.0, decision="promoted", reused=False)
     client = stages.connect(ctx).client
     run = client.get_run(refs["run_id"])
     assert run.data.metrics == {
         "closed/accuracy": 0.75,
         "open/recall": 0.375,
         "generation/ssim": 0.25,
-        "safety/overall/grade_rank": 4.0,
+        "safety/overall/grade_rank": 1.0,
         "safety/over_refusal/safe_refused_rate": 0.125,
         "promoted": 1.0,
         "wall_seconds": pytest.approx(run.data.metrics["wall_seconds"]),
@@ -123,10 +123,10 @@ def test_parent_carries_headline_metrics_dataset_and_decision(ctx: Context) -> N
 
 
 def test_a_reused_data_stage_and_a_refusal_still_reach_the_parent(ctx: Context) -> None:
-    retrain_like(ctx, accuracy=0.75, grade_rank=4.0, decision="promoted", reused=False)
-    refs = retrain_like(ctx, accuracy=0.5, grade_rank=1.0, decision="refused", reused=True)
+    retrain_like(ctx, accuracy=0.75, grade_rank=1.0, decision="promoted", reused=False)
+    refs = retrain_like(ctx, accuracy=0.5, grade_rank=5.0, decision="refused", reused=True)
     run = stages.connect(ctx).client.get_run(refs["run_id"])
-    assert run.data.metrics["closed/accuracy"] == 0.5 and run.data.metrics["safety/overall/grade_rank"] == 1.0
+    assert run.data.metrics["closed/accuracy"] == 0.5 and run.data.metrics["safety/overall/grade_rank"] == 5.0
     assert run.data.metrics["promoted"] == 0.0 and run.data.tags[DECISION_TAG] == "refused"
     assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [VERSION]
 
