@@ -188,7 +188,7 @@ class Journal:
         self.path = Path(path)
 
     def append(self, line: Mapping[str, Any]) -> None:
-        """Append one JSON line and fsync it (and the folder, when the file is new) before returning."""
+        """Append one JSON line and fsync it (and its folders, when the file is new) before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         text = json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n"
@@ -198,12 +198,13 @@ class Journal:
             fh.write(text.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
-        if created:
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the new file's name is durable too
-            finally:
-                os.close(fd)
+        if created:  # the new file's name is durable too, and the folders made for it (<model>, registry)
+            for folder in (self.path.parent, self.path.parent.parent, self.path.parent.parent.parent):
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def _ends_with_newline(self) -> bool:
         with self.path.open("rb") as fh:

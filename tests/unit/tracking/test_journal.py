@@ -67,9 +67,10 @@ def test_every_append_is_fsynced_and_the_new_file_folder_too(tmp_path: Path, mon
     monkeypatch.setattr(journal.os, "fsync", fsync)
     book = journal.Journal(journal.journal_path(tmp_path, "m"))
     book.append(_entry("1", None))
-    assert synced == ["journal.jsonl", "m"]  # the line, then the folder that holds the new file's name
+    # the line, then the folders that hold the new names: the file's, the model folder's, registry's
+    assert synced == ["journal.jsonl", "m", "registry", tmp_path.name]
     book.append(journal.mark("x", journal.COMMITTED, champion="1"))
-    assert synced == ["journal.jsonl", "m", "journal.jsonl"]
+    assert synced == ["journal.jsonl", "m", "registry", tmp_path.name, "journal.jsonl"]
 
 
 def test_a_torn_last_line_is_skipped_and_kept(tmp_path: Path) -> None:
