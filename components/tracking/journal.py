@@ -15,8 +15,8 @@ champion, the candidate, the alias moves it makes, UTC time, user@host and the c
 aliases move; then a mark line ``{"decision": id, "state": "committed"}`` closes it. Lines are only ever appended:
 a version's earlier decisions stay, and a second ``medtune promote`` of the same version adds a second entry.
 
-An entry without a mark was interrupted. :func:`plan_recovery` says what the next start does with it (the flow
-carries it out: ``pipelines.promote.recover_promotions``). The rule: **finish it when the registry is still in a
+An entry without a mark was interrupted. :func:`plan_recovery` says what the next start does with it (carried
+out by :mod:`components.tracking.recovery`). The rule: **finish it when the registry is still in a
 state the record explains, roll it back when it is not.** The entry is the decision: the policy was applied to
 recorded evidence and the record was durable before anything moved, so a crash after it is a crash in carrying the
 decision out, and the next start carries it out (every alias the entry moves is at its recorded ``before`` or
