@@ -132,6 +132,9 @@ def configure_environment(state: StatePaths) -> None:
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state.dvc_site_cache))
     os.environ.setdefault("FLWR_HOME", str(state.root / "flwr"))
     os.environ.setdefault("MPLCONFIGDIR", str(state.root / "matplotlib"))
+    # onnxruntime (the burned-in text detector) keeps a device id under $XDG_CACHE_HOME/Microsoft/DeveloperTools,
+    # else ~/.cache: into the state folder with every other XDG-minded library's cache
+    os.environ.setdefault("XDG_CACHE_HOME", str(state.root / "cache"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     # The temporary Prefect server needs a few seconds on a cold 2-core machine; 20 s is tight under load.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

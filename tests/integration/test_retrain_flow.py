@@ -157,7 +157,8 @@ def test_bad_config_file_key_exits_2(make_workspace, netguard, tmp_path: Path) -
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "config error: data.wrokers: unknown key; "
-        "allowed keys: raw, out, sources, image, splits, deid, on_error, workers, safety_prompts"
+        "allowed keys: raw, intake, out, sources, image, splits, deid, on_error, on_official_conflict, workers, "
+        "safety_prompts"
     ]
 
 
