@@ -155,6 +155,21 @@ def hold_workspace(ctx: Any, command: str, wait_s: float | None) -> None:
     except WorkspaceBusy as e:
         raise fail(2, str(e)) from None
     atexit.register(lock.release)  # atexit runs last-registered first
+    _recover(ctx)
+
+
+def _recover(ctx: Any) -> None:
+    """Finish or roll back a promotion a killed command left open (pipelines/promote.py), now that this command
+    holds the workspace: the journal says what to do; cheap when nothing is open (MLflow is not touched)."""
+    if not any((ctx.state.root / "registry").glob("*/journal.jsonl")):
+        return  # no promotion was ever journaled here
+    from pipelines.promote import recover_promotions
+    from pipelines.stages import StageFailed
+
+    try:
+        recover_promotions(ctx.state.root, ctx.tracking_uri, echo=_say)
+    except StageFailed as e:
+        raise fail(1, str(e)) from None
 
 
 def _say(line: str) -> None:
