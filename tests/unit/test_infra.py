@@ -1,10 +1,19 @@
-"""infra/: the Prefect deployment names the real flow with parameters it accepts on a valid schedule, and the
-compose stack keeps every secret in the environment and every port on the loopback."""
+"""infra/: the Prefect deployment names the real flow with parameters it accepts on a valid schedule; the compose
+stack keeps every secret in the environment and every port on the loopback, runs MLflow and Prefect behind basic
+auth with only medtune's promotion identity allowed to move an alias (issue 19), builds the worker on CPU torch by
+default with its workspace on a named volume, and validates with ``docker compose config`` where Compose v2 is
+installed; the production profile reads a hospital's DICOM source only."""
 
 from __future__ import annotations
 
+import configparser
 import inspect
+import json
+import os
 import re
+import shutil
+import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +24,8 @@ from components.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
-SECRET = re.compile(r"(password|secret|access_key|token|deid_key)", re.IGNORECASE)
+SECRET = re.compile(r"(password|secret|access_key|token|deid_key|auth_string)", re.IGNORECASE)
+REQUIRED = re.compile(r"\$\{(\w+):\?")  # ${VAR:?message}: compose refuses to start without VAR
 
 
 def _yaml(name: str) -> Any:
@@ -38,12 +48,17 @@ def test_prefect_yaml_deploys_retrain_with_its_parameters_on_a_valid_cron() -> N
     assert required <= set(params)
     assert params["skip_unchanged"] is True
     assert [CronSchedule(cron=s["cron"], timezone=s["timezone"]).cron for s in deployment["schedules"]] == ["0 2 * * *"]
-    load_config(REPO / params["config"])  # the profile it runs validates
-    (step,) = spec["pull"]
-    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == params["workspace"]
+    # the config is the workspace's copy of the repository's profile (`medtune init` copies configs/)
+    config = Path(params["config"])
+    assert config.is_relative_to(params["workspace"])
+    load_config(REPO / config.relative_to(params["workspace"]))  # the profile it runs validates
+    (step,) = spec["pull"]  # Prefect runs the entrypoint from the code in the image
+    code = step["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert f"WORKDIR {code}" in (INFRA / "medtune.Dockerfile").read_text() and (REPO / path).is_file()
     assert deployment["work_pool"]["name"] == "medtune"
-    worker = _yaml("compose.yaml")["services"]["prefect-worker"]["command"]
-    assert worker[worker.index("--pool") + 1] == deployment["work_pool"]["name"]
+    worker = _yaml("compose.yaml")["services"]["prefect-worker"]
+    assert worker["command"][worker["command"].index("--pool") + 1] == deployment["work_pool"]["name"]
+    assert worker["environment"]["MEDTUNE_WORKSPACE"] == params["workspace"]
 
 
 def test_compose_stack_has_the_services_and_no_secret_in_the_file() -> None:
@@ -82,3 +97,153 @@ def test_schedule_refuses_a_bad_cron_before_starting_anything() -> None:
     check_cron("* * * * *")
     with pytest.raises(ValueError, match='Invalid cron string: "61 2 \\* \\* \\*"'):
         check_cron("61 2 * * *")
+
+
+def test_production_profile_reads_a_hospitals_dicom_source_and_no_samples() -> None:
+    prod = load_config(REPO / "configs" / "production.yaml")
+    default = load_config(REPO / "configs" / "default.yaml")
+    assert prod.data.sources, "the production profile names no source"
+    assert not set(prod.data.sources) & set(default.data.sources)  # phantom, pydicom_samples
+    for name, source in prod.data.sources.items():
+        # a site's source is data/raw/<site>, which the ingest fills from the intake area data/intake/<site>
+        assert source.kind == "dicom", f"{name} is a {source.kind} source"
+        assert source.path == f"{prod.data.raw}/{name}"
+        assert not Path(source.path).is_relative_to(prod.data.intake)
+    assert prod.data.intake == "data/intake" and prod.data.deid.key_env == "MEDTUNE_DEID_KEY"
+    assert not re.search(r"^\s*extends:", (REPO / "configs" / "production.yaml").read_text(), re.MULTILINE)
+
+
+def test_worker_image_installs_cpu_torch_by_default_and_a_build_argument_selects_cuda() -> None:
+    dockerfile = (INFRA / "medtune.Dockerfile").read_text()
+    assert re.search(r"^ARG TORCH_VARIANT=cpu$", dockerfile, re.MULTILINE)
+    assert re.search(r"^ARG TORCH_INDEX=https://download\.pytorch\.org/whl/\$\{TORCH_VARIANT\}$", dockerfile, re.M)
+    # torch from that index at the lock's pin (read from constraints.txt), before the lock is installed
+    assert '--index-url "$TORCH_INDEX" "$(grep -m1 \'^torch==\' constraints.txt)"' in dockerfile
+    assert dockerfile.index("$TORCH_INDEX") < dockerfile.index("make setup")
+    pins = {line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch==")}
+    assert pins == {"torch==2.13.0"} and "torch==2.13.0" in (REPO / "requirements-lock.txt").read_text().split()
+    assert "endswith('+$TORCH_VARIANT')" in dockerfile  # the build fails if torch was swapped for another build
+    build = _yaml("compose.yaml")["services"]["prefect-worker"]["build"]
+    assert build["dockerfile"] == "infra/medtune.Dockerfile"
+    assert build["args"]["TORCH_VARIANT"] == "${TORCH_VARIANT:-cpu}"
+    entrypoint = INFRA / "worker-entrypoint.sh"
+    assert '["/opt/medtune/infra/worker-entrypoint.sh"]' in dockerfile and os.access(entrypoint, os.X_OK)
+    assert "medtune init" in entrypoint.read_text()
+
+
+def test_worker_workspace_and_state_live_on_named_volumes() -> None:
+    stack = _yaml("compose.yaml")
+    worker = stack["services"]["prefect-worker"]
+    mounts = dict(str(v).split(":", 1) for v in worker["volumes"])
+    assert mounts["workspace"] == worker["environment"]["MEDTUNE_WORKSPACE"] == "/workspace"
+    assert mounts["state"] == worker["environment"]["MEDTUNE_HOME"]
+    assert {"workspace", "state"} <= set(stack["volumes"])  # named volumes, not bind mounts
+
+
+def _ini() -> configparser.SectionProxy:
+    parser = configparser.ConfigParser()
+    parser.read(INFRA / "mlflow" / "basic_auth.ini")
+    return parser["mlflow"]
+
+
+def test_mlflow_runs_basic_auth_where_only_the_promotion_identity_may_move_aliases() -> None:
+    services = _yaml("compose.yaml")["services"]
+    mlflow, bootstrap, worker = services["mlflow"], services["mlflow-auth"], services["prefect-worker"]
+    assert "mlflow server --app-name basic-auth " in " ".join(mlflow["command"])
+    ini = _ini()
+    # READ for everyone without a grant: SetRegisteredModelAlias needs can_update, so the UI's users get a 403
+    assert ini["default_permission"] == "READ"
+    assert "admin_password" not in ini  # the admin's password comes from the environment
+    auth_db = urllib.parse.urlsplit(ini["database_uri"])
+    assert auth_db.scheme == "postgresql" and auth_db.password is None and auth_db.hostname in services
+    assert f"CREATE DATABASE {auth_db.path.lstrip('/')} " in (INFRA / "postgres-init.sql").read_text()
+    env = mlflow["environment"]
+    image = (INFRA / "mlflow.Dockerfile").read_text()
+    assert '"mlflow[auth]==3.17.2"' in image and "COPY infra/mlflow/basic_auth.ini" in image  # Flask-WTF for the app
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert env["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_FLASK_SERVER_SECRET_KEY:?")
+    # the bootstrap sets up the model and experiment the production profile uses, as the admin
+    cmd = bootstrap["command"]
+    cfg = load_config(REPO / "configs" / "production.yaml")
+    assert cmd[:2] == ["python", "/etc/mlflow/bootstrap_auth.py"]
+    assert cmd[cmd.index("--model") + 1] == cfg.registry.name
+    assert cmd[cmd.index("--experiment") + 1] == cfg.tracking.experiment
+    assert bootstrap["environment"]["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert bootstrap["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    # the worker runs as the identity the bootstrap made, once it is made
+    for key in ("USERNAME", "PASSWORD"):
+        assert worker["environment"][f"MLFLOW_TRACKING_{key}"] == bootstrap["environment"][f"MEDTUNE_MLFLOW_{key}"]
+    assert worker["depends_on"]["mlflow-auth"]["condition"] == "service_completed_successfully"
+
+
+def test_bootstrap_grants_what_alias_moves_need_in_mlflow_317() -> None:
+    """MANAGE, because MLflow 3.17 asks can_update for SetRegisteredModelAlias and can_delete for
+    DeleteRegisteredModelAlias (``set_alias(..., None)`` removes champion on a rollback); READ has neither."""
+    import mlflow.server.auth as auth
+    from mlflow.protos.model_registry_pb2 import DeleteRegisteredModelAlias, SetRegisteredModelAlias
+    from mlflow.server.auth.permissions import MANAGE, READ
+
+    checks = auth.BEFORE_REQUEST_HANDLERS
+    assert checks[SetRegisteredModelAlias] is auth.validate_can_set_model_or_prompt_version_alias
+    assert checks[DeleteRegisteredModelAlias] is auth.validate_can_delete_model_or_prompt_version_alias
+    assert MANAGE.can_update and MANAGE.can_delete and not READ.can_update and not READ.can_delete
+    script = (INFRA / "mlflow" / "bootstrap_auth.py").read_text()
+    assert 'grant_user_permission(who, "registered_model", model, "MANAGE")' in script
+
+
+def test_prefect_server_and_its_clients_share_basic_auth() -> None:
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_SERVER_API_AUTH_STRING
+
+    services = _yaml("compose.yaml")["services"]
+    server = services["prefect-server"]["environment"][PREFECT_SERVER_API_AUTH_STRING.name]
+    client = services["prefect-worker"]["environment"][PREFECT_API_AUTH_STRING.name]
+    assert server == client and server.startswith("${PREFECT_API_AUTH_STRING:?")
+
+
+def test_stack_env_example_lists_every_required_variable_and_holds_no_secret() -> None:
+    example: dict[str, str] = {}
+    for line in (INFRA / "stack.env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            example[key] = value
+    required = set(REQUIRED.findall((INFRA / "compose.yaml").read_text()))
+    assert required <= set(example), f"not in stack.env.example: {sorted(required - set(example))}"
+    for key, value in example.items():
+        if SECRET.search(key):
+            assert value == "", f"stack.env.example holds a value for {key}"
+
+
+def _compose() -> list[str] | None:
+    """Compose v2: the docker CLI plugin, else the standalone binary; None when neither is installed."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        probe = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0 and probe.stdout.strip().lstrip("v").startswith("2."):
+            return cmd
+    return None
+
+
+def test_compose_file_validates_with_docker_compose_config(tmp_path: Path) -> None:
+    compose = _compose()
+    if compose is None:
+        pytest.skip("Docker Compose v2 is not installed (neither `docker compose` nor `docker-compose` v2)")
+    required = sorted(set(REQUIRED.findall((INFRA / "compose.yaml").read_text())))
+    env_file = tmp_path / "stack.env"
+    env_file.write_text("".join(f"{key}=dummy-{key.lower()}\n" for key in required))
+    # `config` only parses and interpolates: no Docker daemon is needed
+    env = {k: v for k, v in os.environ.items() if k not in required and not k.startswith("COMPOSE_")}
+    cmd = [*compose, "-f", str(INFRA / "compose.yaml"), "--env-file", str(env_file), "config", "--format", "json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    services = resolved["services"]
+    assert "--app-name" in " ".join(services["mlflow"]["command"])
+    assert services["prefect-worker"]["environment"]["PREFECT_API_AUTH_STRING"] == "dummy-prefect_api_auth_string"
+    assert services["mlflow-auth"]["environment"]["MLFLOW_READER_USERNAME"] == ""  # optional, empty by default
+    # and a missing secret stops it, naming the variable
+    env_file.write_text("".join(f"{key}=x\n" for key in required if key != "MLFLOW_ADMIN_PASSWORD"))
+    missing = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode != 0 and "MLFLOW_ADMIN_PASSWORD" in missing.stderr
