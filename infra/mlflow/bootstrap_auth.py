@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 MODEL_DESCRIPTION = "medtune: a medical VLM with HealthGPT task plugins"  # components/tracking/registry.py's
@@ -81,6 +82,19 @@ def ensure_experiment(client: Any, name: str) -> tuple[str, str]:
     return str(client.create_experiment(name)), "created"
 
 
+def ensure_grant(auth: Any, username: str, resource_type: str, resource_id: str, level: str) -> None:
+    """``username`` holds exactly ``level`` on the resource through its own grant (replaced if it held another)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.grant_user_permission(username, resource_type, resource_id, level)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        auth.revoke_user_permission(username, resource_type, resource_id)
+        auth.grant_user_permission(username, resource_type, resource_id, level)
+
+
 def permission(auth: Any, username: str, resource_type: str, resource_id: str) -> str:
     return str(auth.get_user_permission(username, resource_type, resource_id).permission)
 
@@ -96,8 +110,8 @@ def bootstrap(uri: str, identity: tuple[str, str], reader: tuple[str, str] | Non
     print(f"bootstrap_auth: registered model {model}: {ensure_model(client, model)}", flush=True)
     experiment_id, done = ensure_experiment(client, experiment)
     print(f"bootstrap_auth: experiment {experiment} ({experiment_id}): {done}", flush=True)
-    auth.grant_user_permission(who, "registered_model", model, "MANAGE")
-    auth.grant_user_permission(who, "experiment", experiment_id, "MANAGE")
+    ensure_grant(auth, who, "registered_model", model, "MANAGE")
+    ensure_grant(auth, who, "experiment", experiment_id, "MANAGE")
     print(f"bootstrap_auth: {who}: MANAGE on registered model {model} and experiment {experiment}", flush=True)
     if reader is not None:
         print(
@@ -133,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="medtune-vlm", help="registered model (medtune's registry.name)")
     parser.add_argument("--experiment", default="retrain", help="experiment (medtune's tracking.experiment)")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # starlette's, on importing mlflow.server
     from mlflow.exceptions import MlflowException
 
     try:

@@ -28,6 +28,12 @@ SECRET = re.compile(r"(password|secret|access_key|token|deid_key|auth_string)", 
 REQUIRED = re.compile(r"\$\{(\w+):\?")  # ${VAR:?message}: compose refuses to start without VAR
 
 
+def _required() -> set[str]:
+    """The variables compose refuses to start without (comments left out)."""
+    lines = (INFRA / "compose.yaml").read_text().splitlines()
+    return {name for line in lines if not line.lstrip().startswith("#") for name in REQUIRED.findall(line)}
+
+
 def _yaml(name: str) -> Any:
     return yaml.safe_load((INFRA / name).read_text())
 
@@ -119,7 +125,7 @@ def test_worker_image_installs_cpu_torch_by_default_and_a_build_argument_selects
     assert re.search(r"^ARG TORCH_INDEX=https://download\.pytorch\.org/whl/\$\{TORCH_VARIANT\}$", dockerfile, re.M)
     # torch from that index at the lock's pin (read from constraints.txt), before the lock is installed
     assert '--index-url "$TORCH_INDEX" "$(grep -m1 \'^torch==\' constraints.txt)"' in dockerfile
-    assert dockerfile.index("$TORCH_INDEX") < dockerfile.index("make setup")
+    assert dockerfile.index('--index-url "$TORCH_INDEX"') < dockerfile.index("RUN make setup")
     pins = {line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch==")}
     assert pins == {"torch==2.13.0"} and "torch==2.13.0" in (REPO / "requirements-lock.txt").read_text().split()
     assert "endswith('+$TORCH_VARIANT')" in dockerfile  # the build fails if torch was swapped for another build
@@ -180,17 +186,30 @@ def test_mlflow_runs_basic_auth_where_only_the_promotion_identity_may_move_alias
 
 def test_bootstrap_grants_what_alias_moves_need_in_mlflow_317() -> None:
     """MANAGE, because MLflow 3.17 asks can_update for SetRegisteredModelAlias and can_delete for
-    DeleteRegisteredModelAlias (``set_alias(..., None)`` removes champion on a rollback); READ has neither."""
-    import mlflow.server.auth as auth
-    from mlflow.protos.model_registry_pb2 import DeleteRegisteredModelAlias, SetRegisteredModelAlias
-    from mlflow.server.auth.permissions import MANAGE, READ
+    DeleteRegisteredModelAlias (``set_alias(..., None)`` removes champion on a rollback); READ has neither. Read from
+    the auth app's source: importing it needs Flask-WTF, which only the server needs."""
+    import importlib.util
 
-    checks = auth.BEFORE_REQUEST_HANDLERS
-    assert checks[SetRegisteredModelAlias] is auth.validate_can_set_model_or_prompt_version_alias
-    assert checks[DeleteRegisteredModelAlias] is auth.validate_can_delete_model_or_prompt_version_alias
+    import mlflow
+
+    auth = Path(mlflow.__file__).parent / "server" / "auth"
+    spec = importlib.util.spec_from_file_location("mlflow_auth_permissions", auth / "permissions.py")
+    assert spec is not None and spec.loader is not None
+    permissions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(permissions)
+    MANAGE, READ = permissions.MANAGE, permissions.READ
+    source = (auth / "__init__.py").read_text()
+    wired = dict(re.findall(r"^    (\w+RegisteredModelAlias): (\w+),$", source, re.MULTILINE))
+    assert wired == {"SetRegisteredModelAlias": "validate_can_set_model_or_prompt_version_alias",
+                     "DeleteRegisteredModelAlias": "validate_can_delete_model_or_prompt_version_alias"}  # fmt: skip
+    for check, needs in (("set", "update"), ("delete", "delete")):
+        body = source.split(f"def validate_can_{check}_model_or_prompt_version_alias() -> bool:\n", 1)[1]
+        assert body.split("\n", 1)[0] == (
+            f"    return _validate_can_{needs}_registered_model_or_prompt() and _alias_version_requirement_met()"
+        )
     assert MANAGE.can_update and MANAGE.can_delete and not READ.can_update and not READ.can_delete
     script = (INFRA / "mlflow" / "bootstrap_auth.py").read_text()
-    assert 'grant_user_permission(who, "registered_model", model, "MANAGE")' in script
+    assert 'ensure_grant(auth, who, "registered_model", model, "MANAGE")' in script
 
 
 def test_prefect_server_and_its_clients_share_basic_auth() -> None:
@@ -208,7 +227,7 @@ def test_stack_env_example_lists_every_required_variable_and_holds_no_secret() -
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition("=")
             example[key] = value
-    required = set(REQUIRED.findall((INFRA / "compose.yaml").read_text()))
+    required = _required()
     assert required <= set(example), f"not in stack.env.example: {sorted(required - set(example))}"
     for key, value in example.items():
         if SECRET.search(key):
@@ -230,7 +249,7 @@ def test_compose_file_validates_with_docker_compose_config(tmp_path: Path) -> No
     compose = _compose()
     if compose is None:
         pytest.skip("Docker Compose v2 is not installed (neither `docker compose` nor `docker-compose` v2)")
-    required = sorted(set(REQUIRED.findall((INFRA / "compose.yaml").read_text())))
+    required = sorted(_required())
     env_file = tmp_path / "stack.env"
     env_file.write_text("".join(f"{key}=dummy-{key.lower()}\n" for key in required))
     # `config` only parses and interpolates: no Docker daemon is needed
