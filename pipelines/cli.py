@@ -9,6 +9,7 @@
     medtune ui                            # MLflow UI on 127.0.0.1
     medtune report RUN_ID [-o page.html]  # one static HTML page of a run
     medtune schedule --cron "0 2 * * *"   # retrain on a schedule (local Prefect server), until Ctrl-C
+    medtune watch [--cron "0 2 * * *"]    # retrain when new data lands (intake, raw tree, data.dvc), until Ctrl-C
     medtune config show [--schema]
     medtune init DIR                      # a new workspace (git + DVC) with the default config
 
@@ -253,6 +254,57 @@ def ui(
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@app.command()
+def watch(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    every: Annotated[
+        float, typer.Option(min=0.2, help="Seconds between looks at the data (file list, sizes, times).")
+    ] = 5,
+    quiet: Annotated[
+        float, typer.Option(min=0, help="A change starts a retrain once the data has not moved for this many seconds.")
+    ] = 15,
+    cron: Annotated[
+        str | None, typer.Option(help="Also retrain on this cron schedule (UTC), e.g. '0 2 * * *'.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Retrain even when the data version equals the champion's.")] = False,
+    name: Annotated[str, typer.Option(help="Deployment name (the flow is 'retrain').")] = "watched",
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server on 127.0.0.1 (0: a free one).")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the local Prefect server.")] = 120,
+) -> None:
+    """Retrain when new data lands: watch the intake area, the raw tree and data.dvc, and start one retrain per
+    settled change (never two at once; changes during a run start one follow-up) from a local Prefect server (or
+    PREFECT_API_URL) until Ctrl-C. Overrides go to the runs. pipelines/watch.py says how."""
+    from pipelines.watch import stop_on_sigterm
+
+    stop_on_sigterm()  # before the server starts: whenever SIGTERM comes, the server is stopped on the way out
+    ctx = load_context(config, overrides)
+    from contextlib import nullcontext
+
+    from pipelines.schedule import ScheduleError, check_cron, prefect_server
+    from pipelines.watch import serve_and_watch
+
+    if cron is not None:
+        try:
+            check_cron(cron)
+        except ValueError as e:
+            raise fail(2, f"error: --cron {cron!r}: {e}") from None
+    url = os.environ.get("PREFECT_API_URL")
+    home = ctx.state.prefect_home / "server"
+    try:
+        server = nullcontext(url) if url else prefect_server(home, port=port, timeout_s=timeout)
+        if not url:
+            console.print(f"starting a Prefect server on 127.0.0.1 (home {home}) ...", markup=False)
+        with server as api_url:
+            serve_and_watch(ctx, api_url, overrides=list(overrides or []), force=force, cron=cron, every_s=every,
+                            quiet_s=quiet, name=name, echo=lambda line: console.print(line, markup=False))  # fmt: skip
+    except ScheduleError as e:
+        raise fail(1, f"error: {str(e).splitlines()[0].rstrip(':')} (its log: {home / 'server.log'})") from None
+    except KeyboardInterrupt:
+        pass
+    console.print("watch stopped" + ("" if url else "; Prefect server shut down"))
 
 
 @config_app.command("show")

@@ -24,6 +24,7 @@ version equals the one the current champion was trained on (see :func:`pipelines
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -39,6 +40,7 @@ from typing import Any
 from prefect import flow
 
 from components.runtime import EPHEMERAL_ONLY_OFF
+from pipelines.cli_common import RUN_LOGGERS, flow_log_file, route_flow_logs
 from pipelines.context import Context, resolve
 from pipelines.lock import hold_context
 from pipelines.retrain import retrain
@@ -176,16 +178,45 @@ def serve_retrain(
 
 @flow(name="retrain", validate_parameters=False)
 def scheduled_retrain(
-    workspace: str, config: str, overrides: list[str], skip_unchanged: bool = False
+    workspace: str,
+    config: str,
+    overrides: list[str],
+    skip_unchanged: bool = False,
+    lock_wait_s: float | None = None,
+    started_by: str = "medtune schedule (a scheduled retrain)",
 ) -> dict[str, Any]:
     """``retrain`` as a scheduled run starts it: holding the workspace (its process is not a medtune command, so
-    nothing took the lock before the flow)."""
+    nothing took the lock before the flow), waiting ``lock_wait_s`` for it (None: ``runtime.lock_wait_s``).
+    ``started_by`` names the run in the lock file (what a busy command shows): the cron, or ``medtune watch``."""
     ctx = resolve(Path(config), overrides, workspace=Path(workspace))
-    lock = hold_context(ctx, "medtune schedule (a scheduled retrain)", echo=_say)
+    lock = hold_context(ctx, started_by, wait_s=lock_wait_s, echo=_say)
+    _engine_errors_to_log(flow_log_file(ctx.state))
     try:
         return retrain.fn(workspace, config, overrides, skip_unchanged)
     finally:
         lock.release()
+
+
+class _NoEngineErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name == "prefect.engine")
+
+
+def _engine_errors_to_log(log_file: Path) -> None:
+    """A failed run's engine (the run's own process, after the flow) logs the failure again, traceback and all
+    ("exited with unexpected exception"), through the console of ``medtune schedule``/``watch``: send it to the
+    flow log (cli_common.route_flow_logs) instead. The one-line reason is already on the console (retrain's
+    message, the watcher's "ended Failed (...)")."""
+    route_flow_logs(log_file)
+    engine = logging.getLogger("prefect.engine")
+    for handler in logging.getLogger(RUN_LOGGERS[0]).handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in engine.handlers:
+            engine.addHandler(handler)
+    consoles = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]  # fmt: skip
+    for handler in consoles:
+        if not any(isinstance(f, _NoEngineErrors) for f in handler.filters):
+            handler.addFilter(_NoEngineErrors())
 
 
 def _say(line: str) -> None:
