@@ -19,12 +19,16 @@ size, 0.83 of them on a 224 px copy, 0.61 (coarse merged boxes) on a 64 px copy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import multiprocessing
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -144,6 +148,7 @@ TEXT_LINE_RATIO = 4.0
 # TIS column of examples_ybr_color.dcm appear only once the column is gone): mask, search again, up to this many
 # times; text still found after the last round quarantines the image.
 MASK_ROUNDS = 3
+_CACHE_VERSION = 1  # bump when find_text's filtering changes in a way its settings above do not show
 _LOCK = threading.Lock()
 _DETECTOR: Any = None
 
@@ -158,8 +163,6 @@ def _detector() -> Any:
     global _DETECTOR
     with _LOCK:
         if _DETECTOR is None:
-            from pathlib import Path
-
             import onnxruntime
             import rapidocr_onnxruntime
             from rapidocr_onnxruntime.ch_ppocr_det import TextDetector
@@ -175,14 +178,52 @@ def _detector() -> Any:
         return _DETECTOR
 
 
+def _cache_file(arr: np.ndarray) -> Path | None:
+    """Where the boxes of this exact frame are kept: ``$XDG_CACHE_HOME/medtune/burned_in/<sha256>.json`` (medtune
+    points XDG_CACHE_HOME into the workspace's state folder), keyed by the pixels, their shape, the detector's
+    settings and its package version; None when XDG_CACHE_HOME is unset (nothing is written to the home folder)."""
+    root = os.environ.get("XDG_CACHE_HOME")
+    if not root:
+        return None
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(arr.tobytes())
+    filters = (MAX_TEXT_THICKNESS, TEXT_THICKNESS_FLOOR, TEXT_LINE_RATIO, _CACHE_VERSION)
+    detector = (_SHORT_SIDE, _LONG_SIDE, sorted(_DET_SETTINGS.items()), version("rapidocr-onnxruntime"))
+    settings = (arr.shape, str(arr.dtype), filters, detector)
+    digest.update(repr(settings).encode())
+    return Path(root) / "medtune" / "burned_in" / f"{digest.hexdigest()}.json"
+
+
 def find_text(pixels: np.ndarray) -> list[Box]:
     """Text regions in one 8-bit frame (HxW grey, HxWx1 or HxWx3 RGB), in the frame's pixel coordinates; thick
-    compact regions are dropped as anatomy (see :data:`MAX_TEXT_THICKNESS`)."""
-    import cv2
-
+    compact regions are dropped as anatomy (see :data:`MAX_TEXT_THICKNESS`). The boxes (coordinates and scores,
+    never text) are cached by the frame's content (:func:`_cache_file`): re-ingesting after a code change, or the
+    same sample files in a new workspace, does not run the detector again."""
     arr = np.asarray(pixels)
     if arr.dtype != np.uint8:
         raise ValueError(f"find_text expects an 8-bit frame, got dtype {arr.dtype} (render it to 8 bits first)")
+    cache = _cache_file(arr)
+    if cache is not None:
+        try:
+            return [Box(*row) for row in json.loads(cache.read_text())]
+        except (OSError, ValueError, TypeError):
+            pass  # absent or damaged: detect again
+    boxes = _detect(arr)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps([[b.x0, b.y0, b.x1, b.y1, b.score] for b in boxes]))
+            tmp.replace(cache)
+        except OSError:
+            pass  # a read-only cache folder: no caching
+    return boxes
+
+
+def _detect(arr: np.ndarray) -> list[Box]:
+    import cv2
+
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim == 2:

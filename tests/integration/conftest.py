@@ -71,7 +71,9 @@ def netguard(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (folder / "sitecustomize.py").write_text(GUARD)
     log = folder / "attempts.log"
     log.touch()
-    return {"PYTHONPATH": str(folder), "MEDTUNE_NETGUARD_LOG": str(log)}
+    # one cache for every CLI process of the session: the burned-in text detector's boxes of pydicom's sample files
+    # (components/data/burned_in.py) are computed once, not in every fresh workspace
+    return {"PYTHONPATH": str(folder), "MEDTUNE_NETGUARD_LOG": str(log), "XDG_CACHE_HOME": str(folder / "cache")}
 
 
 def assert_offline(netguard: dict[str, str]) -> None:

@@ -319,3 +319,25 @@ assert clean_dataset(ds, "quarantine").action == "quarantine"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_boxes_are_cached_by_the_frame_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import components.data.burned_in as burned_in
+
+    frame = np.zeros((64, 160), np.uint8)
+    frame[20:30, 10:150:4] = 255  # a dotted line: whatever the detector says, it is said once
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert burned_in._cache_file(frame) is None  # no cache folder named: nothing is written to the home folder
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = burned_in.find_text(frame)
+    [cached] = list((tmp_path / "medtune" / "burned_in").glob("*.json"))
+
+    def no_detector(arr: np.ndarray) -> list[burned_in.Box]:
+        raise AssertionError("the detector ran for a cached frame")
+
+    monkeypatch.setattr(burned_in, "_detect", no_detector)
+    assert burned_in.find_text(frame) == first
+    frame[0, 0] = 1  # another frame: another key
+    with pytest.raises(AssertionError, match="detector ran"):
+        burned_in.find_text(frame)
+    assert cached.exists()
