@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="medtune-vlm", help="registered model (medtune's registry.name)")
     parser.add_argument("--experiment", default="retrain", help="experiment (medtune's tracking.experiment)")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # starlette's, on importing mlflow.server
+    warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")  # on importing mlflow.server
     from mlflow.exceptions import MlflowException
 
     try:
