@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from tests.integration.conftest import assert_offline, cli_env, medtune
-from tests.unit.data.helpers import write_phi_dicom
+from tests.unit.data.helpers import every_table_attribute_dicom, write_phi_dicom
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +82,9 @@ def _plant_intake(ws: Path) -> list[str]:
         name="Halloway^Quenby",
         patient_id="MRN-55509876",
     )
+    raw, _, every, _ = every_table_attribute_dicom()  # every attribute of the PS3.15 table, private tags, sequences
+    (intake / "Ravensworth_Delphine" / "all_attributes.dcm").write_bytes(raw)
+    phi += every
     (intake / "Ravensworth_Delphine" / "Ravensworth_Delphine_referral.txt").write_text(
         "Referral for Delphine Ravensworth, MRN-55501234.\n"
     )
@@ -100,7 +103,7 @@ def _plant_intake(ws: Path) -> list[str]:
 
 def _leaks(data: bytes, phi: list[str]) -> list[str]:
     low = data.lower()
-    return [p for p in phi if p.lower().encode() in low]
+    return [p for p in phi if p.lower().encode() in low or p.lower().encode("latin-1", "replace") in low]
 
 
 def test_phi_never_leaves_the_intake_and_s3_round_trip(make_workspace, netguard, s3_endpoint: str) -> None:
@@ -126,7 +129,7 @@ def test_phi_never_leaves_the_intake_and_s3_round_trip(make_workspace, netguard,
     small = ["--config", "configs/smoke.yaml", "data.sources.hospital={kind: dicom, path: data/raw/hospital}"]
     run = medtune(["run", *small, *s3_cfg], ws, env)
     assert run.returncode == 0, run.output
-    assert "intake: hospital: de-identified 4 of 6 files" in run.stdout, run.stdout
+    assert "intake: hospital: de-identified 5 of 7 files" in run.stdout, run.stdout
     assert "1 masked" in run.stdout and run.output.count("intake: quarantined") == 3, run.output
     built = _digest(ws / "data" / "vlhealth")
     raw = _digest(ws / "data" / "raw")
@@ -136,7 +139,7 @@ def test_phi_never_leaves_the_intake_and_s3_round_trip(make_workspace, netguard,
     # the de-identified raw tree: pseudonymised names only, and the ultrasound's burned-in text masked
     folder = ws / "data" / "raw" / "hospital"
     raw_files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert len(raw_files) == 4 and all(f.startswith("pt-") and "/f-" in f for f in raw_files), raw_files
+    assert len(raw_files) == 5 and all(f.startswith("pt-") and "/f-" in f for f in raw_files), raw_files
     echo = next(ds for ds in (pydicom.dcmread(folder / f) for f in raw_files) if ds.get("Modality") == "US")
     assert echo.BurnedInAnnotation == "NO" and not find_text(echo.pixel_array)
 

@@ -3,11 +3,13 @@ with the default policy, and tree snapshots."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pydicom
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.data.build import BuildReport, build_dataset
@@ -245,3 +247,95 @@ def sample(uid: str, pixels: np.ndarray | None = None, *, path: Path | None = No
     }
     fields.update(kw)
     return SourceSample(**fields)
+
+
+# --- every attribute of the de-identification table, set to PHI (tests of the header and of the intake) ------
+
+
+def _planted(i: int, vr: str) -> tuple[Any, str | None]:
+    """A PHI-looking value for the VR and the string to look for in the output (None: not distinctive)."""
+    token = f"QZ{i:03d}PHI"  # unique per attribute; 8 characters fit SH, CS and AE
+    day = dt.date(1900, 1, 1) + dt.timedelta(days=40 * i)  # a date per attribute
+    values: dict[str, tuple[Any, str | None]] = {
+        "PN": (f"{token}^Jane", token),
+        "UR": (f"http://{token.lower()}.example.org", token.lower()),
+        "UI": (f"1.2.826.0.1.3680043.10.543.{1000 + i}", f"1.2.826.0.1.3680043.10.543.{1000 + i}"),
+        "DA": (day.strftime("%Y%m%d"), None),  # dates and times: checked value by value below
+        "DT": (day.strftime("%Y%m%d") + "101500", None),
+        "TM": ("101500", None),
+        "AS": ("042Y", None),
+        "DS": (f"{1000 + i}.5", None),
+        "IS": (str(1000 + i), None),
+        "OB": (token.encode(), token),
+        "UN": (token.encode(), token),
+    }
+    values |= {vr: (token, token) for vr in ("AE", "CS", "SH")}
+    values |= {vr: (f"{token} of Ravensworth", token) for vr in ("LO", "LT", "ST", "UT", "UC")}
+    values |= {vr: (1000 + i, None) for vr in ("US", "SS", "UL", "SL")}
+    values |= {vr: (1000.5 + i, None) for vr in ("FL", "FD")}
+    return values.get(vr, (None, None))
+
+
+def _phi_item(token: str, i: int) -> pydicom.Dataset:
+    """A sequence item with a person name (not in the table), a listed LO and a UID carrying PHI."""
+    item = pydicom.Dataset()
+    item.EvaluatorName = f"{token}^Eval"
+    item.InstitutionName = f"{token} Infirmary"
+    item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.544.{1000 + i}"
+    return item
+
+
+def every_table_attribute_dicom() -> tuple[bytes, dict[int, Any], list[str], list[str]]:
+    """CT_small with every attribute of the library's table that pydicom knows set to PHI, plus private tags,
+    overlay/curve groups and PHI two sequence levels deep. Returns (file bytes, {tag: value}, PHI, skipped)."""
+    import io
+
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.uid import CTImageStorage
+
+    from components.data.deid import table
+
+    ds = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+    planted: dict[int, Any] = {}
+    phi = ["Ravensbrück", "QZPRIVTOP", "QZPRIVSEQ", "QZNESTED", "QZCURVE", "1.2.826.0.1.3680043.10.545.7"]
+    skipped: list[str] = []
+    for i, tag in enumerate(sorted(table())):
+        group = tag >> 16
+        vr = dictionary_VR(tag) if keyword_for_tag(tag) else ""
+        if group == 0x0002 or tag == 0x00100010:  # MediaStorageSOPInstanceUID, PatientName: set below
+            continue
+        if not vr or group == 0x0000:  # unknown to pydicom 3.0.2 (newer than its dictionary); DIMSE commands
+            skipped.append(f"{tag:08X} {keyword_for_tag(tag) or '?'}")
+            continue
+        if vr == "SQ":
+            value, search = [_phi_item(f"QZ{i:03d}PHI", i)], f"QZ{i:03d}PHI"
+            phi.append(f"1.2.826.0.1.3680043.10.544.{1000 + i}")
+        else:
+            value, search = _planted(i, vr)
+            if value is None:
+                skipped.append(f"{tag:08X} {keyword_for_tag(tag)} ({vr})")
+                continue
+        ds.add_new(tag, vr, value)
+        planted[tag] = value
+        phi += [search] if search else []
+    ds.PatientName = planted[0x00100010] = "Ravensbrück^Jürgen"  # ISO_IR 100: written as latin-1
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    planted[0x00020003] = ds.SOPInstanceUID
+    ds.add_new(0x00090010, "LO", "QZPRIVTOP creator")  # private tags at the top level ...
+    ds.add_new(0x00091001, "LO", "QZPRIVTOP Ravensbrück")
+    deep = _phi_item("QZNESTED", 7)
+    deep.ReferencedSOPClassUID, deep.ReferencedSOPInstanceUID = CTImageStorage, "1.2.826.0.1.3680043.10.545.7"
+    deep.add_new(0x00430010, "LO", "QZPRIVSEQ deep")
+    deep.add_new(0x00431001, "LO", "QZPRIVSEQ deep value")
+    outer = pydicom.Dataset()  # ProcedureCodeSequence and PurposeOfReferenceCodeSequence: not in the table, kept
+    outer.CodeValue, outer.CodingSchemeDesignator, outer.CodeMeaning = "CTABD", "99LOCAL", "CT abdomen"
+    outer.add_new(0x00290010, "LO", "QZPRIVSEQ creator")  # ... and inside a sequence
+    outer.add_new(0x00291001, "LO", "QZPRIVSEQ value")
+    outer.PurposeOfReferenceCodeSequence = [deep]
+    ds.ProcedureCodeSequence = [outer]
+    ds.add_new(0x60000010, "US", 128)  # an overlay group and a curve group
+    ds.add_new(0x60003000, "OW", b"\x00\x01" * 8)
+    ds.add_new(0x50002500, "LO", "QZCURVE label")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), planted, phi, skipped

@@ -13,7 +13,6 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -35,7 +34,17 @@ from components.data.pseudonyms import component_pseudonym
 from components.data.samples import EMBEDDED_DICOM, embedded_sources, materialize_embedded
 from components.data.sources import SOURCES, DataError, Quarantined, SourceContext, SourceSample
 from components.data.sources.dicom import DicomSourceConfig
-from tests.unit.data.helpers import KEY, PHI, PHI_STRINGS, build, phi_ct, tree_bytes, write_dicom, write_phi_dicom
+from tests.unit.data.helpers import (
+    KEY,
+    PHI,
+    PHI_STRINGS,
+    build,
+    every_table_attribute_dicom,
+    phi_ct,
+    tree_bytes,
+    write_dicom,
+    write_phi_dicom,
+)
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -211,91 +220,6 @@ def test_no_phi_in_any_output_file(tmp_path: Path) -> None:
 # --- the whole E.1-1 table (issue 18): every attribute the library lists, set with PHI -----------------------------
 
 
-def _planted(i: int, vr: str) -> tuple[Any, str | None]:
-    """A PHI-looking value for the VR and the string to look for in the output (None: not distinctive)."""
-    token = f"QZ{i:03d}PHI"  # unique per attribute; 8 characters fit SH, CS and AE
-    day = dt.date(1900, 1, 1) + dt.timedelta(days=40 * i)  # a date per attribute
-    values: dict[str, tuple[Any, str | None]] = {
-        "PN": (f"{token}^Jane", token),
-        "UR": (f"http://{token.lower()}.example.org", token.lower()),
-        "UI": (f"1.2.826.0.1.3680043.10.543.{1000 + i}", f"1.2.826.0.1.3680043.10.543.{1000 + i}"),
-        "DA": (day.strftime("%Y%m%d"), None),  # dates and times: checked value by value below
-        "DT": (day.strftime("%Y%m%d") + "101500", None),
-        "TM": ("101500", None),
-        "AS": ("042Y", None),
-        "DS": (f"{1000 + i}.5", None),
-        "IS": (str(1000 + i), None),
-        "OB": (token.encode(), token),
-        "UN": (token.encode(), token),
-    }
-    values |= {vr: (token, token) for vr in ("AE", "CS", "SH")}
-    values |= {vr: (f"{token} of Ravensworth", token) for vr in ("LO", "LT", "ST", "UT", "UC")}
-    values |= {vr: (1000 + i, None) for vr in ("US", "SS", "UL", "SL")}
-    values |= {vr: (1000.5 + i, None) for vr in ("FL", "FD")}
-    return values.get(vr, (None, None))
-
-
-def _phi_item(token: str, i: int) -> pydicom.Dataset:
-    """A sequence item with a person name (not in the table), a listed LO and a UID carrying PHI."""
-    item = pydicom.Dataset()
-    item.EvaluatorName = f"{token}^Eval"
-    item.InstitutionName = f"{token} Infirmary"
-    item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.544.{1000 + i}"
-    return item
-
-
-def _every_table_attribute() -> tuple[bytes, dict[int, Any], list[str], list[str]]:
-    """CT_small with every attribute of the library's table that pydicom knows set to PHI, plus private tags,
-    overlay/curve groups and PHI two sequence levels deep. Returns (file bytes, {tag: value}, PHI, skipped)."""
-    from pydicom.datadict import dictionary_VR, keyword_for_tag
-    from pydicom.uid import CTImageStorage
-
-    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
-    planted: dict[int, Any] = {}
-    phi = ["Ravensbrück", "QZPRIVTOP", "QZPRIVSEQ", "QZNESTED", "QZCURVE", "1.2.826.0.1.3680043.10.545.7"]
-    skipped: list[str] = []
-    for i, tag in enumerate(sorted(table())):
-        group = tag >> 16
-        vr = dictionary_VR(tag) if keyword_for_tag(tag) else ""
-        if group == 0x0002 or tag == 0x00100010:  # MediaStorageSOPInstanceUID, PatientName: set below
-            continue
-        if not vr or group == 0x0000:  # unknown to pydicom 3.0.2 (newer than its dictionary); DIMSE commands
-            skipped.append(f"{tag:08X} {keyword_for_tag(tag) or '?'}")
-            continue
-        if vr == "SQ":
-            value, search = [_phi_item(f"QZ{i:03d}PHI", i)], f"QZ{i:03d}PHI"
-            phi.append(f"1.2.826.0.1.3680043.10.544.{1000 + i}")
-        else:
-            value, search = _planted(i, vr)
-            if value is None:
-                skipped.append(f"{tag:08X} {keyword_for_tag(tag)} ({vr})")
-                continue
-        ds.add_new(tag, vr, value)
-        planted[tag] = value
-        phi += [search] if search else []
-    ds.PatientName = planted[0x00100010] = "Ravensbrück^Jürgen"  # ISO_IR 100: written as latin-1
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    planted[0x00020003] = ds.SOPInstanceUID
-    ds.add_new(0x00090010, "LO", "QZPRIVTOP creator")  # private tags at the top level ...
-    ds.add_new(0x00091001, "LO", "QZPRIVTOP Ravensbrück")
-    deep = _phi_item("QZNESTED", 7)
-    deep.ReferencedSOPClassUID, deep.ReferencedSOPInstanceUID = CTImageStorage, "1.2.826.0.1.3680043.10.545.7"
-    deep.add_new(0x00430010, "LO", "QZPRIVSEQ deep")
-    deep.add_new(0x00431001, "LO", "QZPRIVSEQ deep value")
-    outer = pydicom.Dataset()  # ProcedureCodeSequence and PurposeOfReferenceCodeSequence: not in the table, kept
-    outer.CodeValue, outer.CodingSchemeDesignator, outer.CodeMeaning = "CTABD", "99LOCAL", "CT abdomen"
-    outer.add_new(0x00290010, "LO", "QZPRIVSEQ creator")  # ... and inside a sequence
-    outer.add_new(0x00291001, "LO", "QZPRIVSEQ value")
-    outer.PurposeOfReferenceCodeSequence = [deep]
-    ds.ProcedureCodeSequence = [outer]
-    ds.add_new(0x60000010, "US", 128)  # an overlay group and a curve group
-    ds.add_new(0x60003000, "OW", b"\x00\x01" * 8)
-    ds.add_new(0x50002500, "LO", "QZCURVE label")
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue(), planted, phi, skipped
-
-
 def _deid_bytes(raw: bytes, key: bytes) -> tuple[bytes, pydicom.Dataset]:
     ds = deidentify_dataset(pydicom.dcmread(io.BytesIO(raw)), key, max_date_shift_days=30)
     buffer = io.BytesIO()
@@ -304,7 +228,7 @@ def _deid_bytes(raw: bytes, key: bytes) -> tuple[bytes, pydicom.Dataset]:
 
 
 def test_every_attribute_of_the_table_is_deidentified(capsys: pytest.CaptureFixture[str]) -> None:
-    raw, planted, phi, skipped = _every_table_attribute()
+    raw, planted, phi, skipped = every_table_attribute_dicom()
     assert len(planted) >= 600 and len(planted) + len(skipped) == len(table()), skipped
     assert all(len(s) >= 5 and (s.encode("utf-8") in raw or s.encode("latin-1") in raw) for s in phi)
     with warnings.catch_warnings(record=True) as caught:
