@@ -11,4 +11,7 @@ if [ ! -f "$ws/dvc.yaml" ]; then
     git -C "$ws" -c user.name=medtune -c user.email=medtune@localhost commit -qm "medtune workspace"
 fi
 mkdir -p "$ws/data/intake"   # data/intake/<site>: where a site's identified files are put (never versioned)
+# data/raw exists from the start: a workspace with neither data/raw nor data/intake/dicom is taken for the embedded
+# default and gets pydicom's sample files in its intake on the first ingest (pipelines/stages.py, ingest_intake)
+mkdir -p "$ws/data/raw"
 exec "$@"

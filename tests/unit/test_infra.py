@@ -134,7 +134,8 @@ def test_worker_image_installs_cpu_torch_by_default_and_a_build_argument_selects
     assert build["args"]["TORCH_VARIANT"] == "${TORCH_VARIANT:-cpu}"
     entrypoint = INFRA / "worker-entrypoint.sh"
     assert '["/opt/medtune/infra/worker-entrypoint.sh"]' in dockerfile and os.access(entrypoint, os.X_OK)
-    assert "medtune init" in entrypoint.read_text()
+    # the workspace is made on the first start, with data/raw: no embedded samples are placed in its intake
+    assert "medtune init" in entrypoint.read_text() and 'mkdir -p "$ws/data/raw"' in entrypoint.read_text()
 
 
 def test_worker_workspace_and_state_live_on_named_volumes() -> None:
