@@ -290,3 +290,23 @@ def test_a_killed_build_leaves_no_worker_processes_and_the_previous_dataset(tmp_
     assert tree_bytes(tmp_path / "ds") == before  # the killed build's half-written folder is a sibling
     build({"p": PhantomSourceConfig(subjects=4, seed=1)}, tmp_path / "ds", tmp_path)  # ... removed by the next
     assert tree_bytes(tmp_path / "ds") == before and [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_external_sources_reach_dvc_through_the_build_params(tmp_path: Path) -> None:
+    """DVC sees data/raw, not ../shared: the content hash of what sources name outside it goes into the build
+    stage's params (params.yaml's _medtune.sources), so `dvc repro` re-runs the build after an edit there."""
+    from components.data.build import external_inputs_hash
+
+    ws, outside = tmp_path / "ws", tmp_path / "shared"
+    (ws / "data" / "raw" / "hospital").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "m.json").write_text("[]")
+    sources = {
+        "m": LlavaJsonSourceConfig(path="../shared/m.json", license="CC0-1.0"),
+        "hospital": DicomSourceConfig(path="data/raw/hospital"),
+    }
+    first = external_inputs_hash(sources, ws, ws / "data" / "raw")
+    (ws / "data" / "raw" / "hospital" / "new.dcm").write_bytes(b"x")  # tracked by DVC itself: not in the hash
+    assert external_inputs_hash(sources, ws, ws / "data" / "raw") == first
+    (outside / "m.json").write_text('[{"id": "a"}]')
+    assert external_inputs_hash(sources, ws, ws / "data" / "raw") != first
