@@ -15,12 +15,13 @@ import shutil
 import subprocess
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 
 from components.config import load_config
+from components.data.sources.dicom import DicomSourceConfig
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -45,7 +46,7 @@ def test_prefect_yaml_deploys_retrain_with_its_parameters_on_a_valid_cron() -> N
     spec = _yaml("prefect.yaml")
     (deployment,) = spec["deployments"]
     path, _, name = deployment["entrypoint"].partition(":")
-    flow = load_flow_from_entrypoint(f"{REPO / path}:{name}")
+    flow: Any = load_flow_from_entrypoint(f"{REPO / path}:{name}")
     assert flow.name == "retrain"
     signature = inspect.signature(flow.fn)
     params = deployment["parameters"]
@@ -112,9 +113,9 @@ def test_production_profile_reads_a_hospitals_dicom_source_and_no_samples() -> N
     assert not set(prod.data.sources) & set(default.data.sources)  # phantom, pydicom_samples
     for name, source in prod.data.sources.items():
         # a site's source is data/raw/<site>, which the ingest fills from the intake area data/intake/<site>
-        assert source.kind == "dicom", f"{name} is a {source.kind} source"
-        assert source.path == f"{prod.data.raw}/{name}"
-        assert not Path(source.path).is_relative_to(prod.data.intake)
+        assert isinstance(source, DicomSourceConfig), f"{name} is a {type(source).__name__}"
+        path = cast(DicomSourceConfig, source).path
+        assert path == f"{prod.data.raw}/{name}" and not Path(path).is_relative_to(prod.data.intake)
     assert prod.data.intake == "data/intake" and prod.data.deid.key_env == "MEDTUNE_DEID_KEY"
     assert not re.search(r"^\s*extends:", (REPO / "configs" / "production.yaml").read_text(), re.MULTILINE)
 
