@@ -8,7 +8,7 @@ folder, the committed infra/mlflow/basic_auth.ini with only its database URI cha
 bootstrap script (infra/mlflow/bootstrap_auth.py) exactly as compose's one-shot ``mlflow-auth`` service runs it. The
 version is registered as the register stage leaves it (evidence on its run) without training: the gates read the
 evidence, not the model. No password may appear in any output, log or journal. The network is cut off; every wait
-is bounded; the server is stopped at the end (about 75 s on a busy 2-core machine).
+is bounded; the server is stopped at the end (75 to 95 s on a 2-core machine busy with other tests).
 """
 
 from __future__ import annotations
