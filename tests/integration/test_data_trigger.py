@@ -216,7 +216,9 @@ def test_a_dicom_in_the_intake_starts_exactly_one_retrain(make_workspace, netgua
         runs = _flow_runs(api)
         assert len(runs) == 1 and "data-change" in runs[0]["tags"], runs
         assert runs[0]["parameters"]["skip_unchanged"] is True
-        started = runs[0]["start_time"]
+        from datetime import datetime
+
+        created, started = (datetime.fromisoformat(runs[0][k]) for k in ("created", "start_time"))
         _wait_for(log, "ended Failed", 15, proc)
 
         # Its own writes (ingest, dvc commit, re-link) start no second run.
@@ -229,7 +231,9 @@ def test_a_dicom_in_the_intake_starts_exactly_one_retrain(make_workspace, netgua
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{ws / '.medtune' / 'mlflow' / 'mlflow.db'}")
-        found = client.search_runs([client.get_experiment_by_name("retrain").experiment_id])
+        experiment = client.get_experiment_by_name("retrain")
+        assert experiment is not None, text
+        found = client.search_runs([experiment.experiment_id])
         parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
         assert len(parents) == 1 and parents[0].info.status == "FAILED", [r.info for r in parents]
         data_run = next(r for r in found if r.info.run_name == "data")
@@ -250,7 +254,8 @@ def test_a_dicom_in_the_intake_starts_exactly_one_retrain(make_workspace, netgua
             time.sleep(0.2)
         assert not _answers(api + "/health")
         assert (ws / ".medtune" / "lock").read_text() == ""  # the run released the workspace
-        print(f"\ndetected {detected:.1f} s after the copy ended (quiet {QUIET_S} s); flow run started {started}")
+        pickup = (started - created).total_seconds()
+        print(f"\ndetected {detected:.1f} s after the copy ended (quiet {QUIET_S} s), run started {pickup:.1f} s later")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
