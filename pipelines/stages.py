@@ -60,7 +60,10 @@ def ingest_intake(ctx: Context, echo: Echo = quiet, *, progress: Any = None, for
 
     cfg = ctx.config.data
     key = load_deid_key(cfg.deid.key_env, ctx.state.secrets / "deid.key")
-    if not ctx.path(cfg.raw).exists() and not (ctx.path(cfg.intake) / "dicom").exists():
+    folders = intake_folders(dict(cfg.sources), ctx.workspace, cfg.raw, cfg.intake)
+    embedded = [name for name, (src, _) in folders.items() if src == ctx.path(cfg.intake).resolve() / "dicom"]
+    if embedded and not ctx.path(cfg.raw).exists() and not (ctx.path(cfg.intake) / "dicom").exists():
+        # only a config with a DICOM source at <raw>/dicom (the embedded default's) gets pydicom's samples
         placed = materialize_embedded(ctx.path(cfg.intake))
         echo(f"intake: placed {len(placed)} embedded sample files (identified, as published) in {cfg.intake}/dicom")
     report = ingest(
@@ -86,7 +89,7 @@ def ingest_intake(ctx: Context, echo: Echo = quiet, *, progress: Any = None, for
         echo(f"intake: {name}: unchanged since the last ingest")
     for item in report.quarantined:
         echo(f"intake: quarantined {item['key']}: {item['reason'].removeprefix(item['key'] + ': ')}")
-    for name, (_, dest) in intake_folders(dict(cfg.sources), ctx.workspace, cfg.raw, cfg.intake).items():
+    for name, (_, dest) in folders.items():
         if dest.is_dir():
             root = ctx.workspace.resolve()
             shown = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else name
