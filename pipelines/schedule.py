@@ -16,6 +16,8 @@ issue 19), taken in the run's own process, so a run never writes beside ``medtun
 finding the workspace busy waits ``runtime.lock_wait_s`` and then fails with the holder's name. ``medtune schedule``
 itself holds nothing while it waits for the next run.
 
+``medtune watch`` (pipelines/watch.py) serves the same flow as a second deployment and starts it on new data.
+
 A scheduled run passes ``skip_unchanged=True`` (unless ``--force``): it exits after the data stage when the data
 version equals the one the current champion was trained on (see :func:`pipelines.retrain.run_stages`). For a team,
 ``infra/prefect.yaml`` deploys the same flow to a work pool instead (``prefect deploy``); see infra/README.md.
