@@ -98,6 +98,8 @@ def prefect_server(
     # a real server: its scheduler and the other loop services run (medtune turns them off for temporary servers)
     env = {k: v for k, v in os.environ.items() if k not in EPHEMERAL_ONLY_OFF}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the UI asks /ui-settings where its API is: without these it says port 4200 ("Can't connect to Server API")
+    env |= {"PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": api_url}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as out:

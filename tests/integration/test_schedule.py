@@ -117,6 +117,9 @@ def test_one_minute_schedule_fires_and_skips_unchanged_data(make_workspace, netg
             done = [r for r in runs if r.get("deployment_id")]
         text = log.read_text()
         assert done, f"no scheduled run completed within the wait:\n{text}"
+        # the UI is told where its API is (it used to say port 4200: "Can't connect to Server API")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=30) as answer:
+            assert json.loads(answer.read())["api_url"] == api
         run = done[0]
         assert run["parameters"]["skip_unchanged"] is True
         assert run["auto_scheduled"] is True  # made by the server's scheduler from the cron, not by hand
