@@ -217,6 +217,17 @@ def safety(
     console.print(f"safety grade {ref['overall']}: MLflow run {parent} (experiment 'safety')")
 
 
+def _experiment_id(uri: str, name: str) -> str | None:
+    """The id of the experiment retrains log to, or None when there is none yet (or the store cannot say)."""
+    try:
+        from mlflow import MlflowClient
+
+        found = MlflowClient(uri).get_experiment_by_name(name)
+    except Exception:
+        return None
+    return None if found is None else str(found.experiment_id)
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
@@ -248,6 +259,11 @@ def ui(
         str(workers),
     ]
     console.print(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C stops it)")
+    experiment = _experiment_id(uri, ctx.config.tracking.experiment)
+    if experiment is not None:  # MLflow 3.17 opens on its GenAI overview unless the link asks for the runs table
+        from components.tracking.dashboard import runs_view_url
+
+        console.print(f"retrains side by side: {runs_view_url(f'http://{host}:{port}', experiment)}")
     proc = subprocess.Popen(cmd, env=dict(os.environ))
     try:
         raise typer.Exit(proc.wait())
