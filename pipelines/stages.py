@@ -670,6 +670,10 @@ def train_stage(
             if Path(folder).exists():
                 session.log_artifact(run_id, Path(folder), f"adapters/{task}")
         session.log_dict(run_id, result.to_json(), "train_result.json")
+        resumed = {f"medtune.resumed.stage{st['stage']}": str(st["resumed_from"])
+                   for st in result.stages if st.get("resumed_from")}  # fmt: skip
+        if resumed:  # a killed run's stage went on from its last checkpoint (the console said so as it happened)
+            session.set_tags(run_id, resumed)
         seconds = time.perf_counter() - started
         echo(f"train: stages {t.stages} with {a.kind} in {seconds:.0f} s (finished stages load) -> {result.model_dir}")
         return {"model_dir": str(result.model_dir), "run_id": run_id, "work_dir": str(work)}
