@@ -13,6 +13,7 @@ from components.config import load_config
 from pipelines.retrain import DECISION_TAG, HEADLINE_METRICS
 from tests.conftest import REPO
 from tests.integration.conftest import assert_offline, cli_env, medtune
+from tests.integration.test_data_docs_offline import chromium  # noqa: F401  (the fixture: installs it if missing)
 from tests.integration.test_registry import assert_second_unsafe_version_refused_and_champion_loads, relax_quality_floor
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,9 @@ def _snapshot(folder: Path) -> dict[str, float]:
 
 
 @pytest.mark.timeout(1800)  # two smoke retrains: ~3 min on an idle 2-core machine, much longer on a shared one
-def test_run_twice_tracks_registers_and_reuses_data(make_workspace, serve_ui, netguard, tmp_path: Path) -> None:
+def test_run_twice_tracks_registers_and_reuses_data(
+    make_workspace, serve_ui, netguard, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Two retrains: the second, with nothing changed but the safety benchmark's SUT (comply with everything),
     re-uses the data, the base and the training, and its registered version is refused (issue 9)."""
     ws = make_workspace()
@@ -56,6 +59,7 @@ def test_run_twice_tracks_registers_and_reuses_data(make_workspace, serve_ui, ne
 
     ui = serve_ui(ws)
     exp = ui.get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=retrain")["experiment"]
+    _assert_runs_table_compares_the_two(request, ui, exp["experiment_id"], version, tmp_path)
     runs = ui.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})
     runs = runs["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
@@ -112,6 +116,23 @@ def _assert_parents_compare_in_the_runs_table(ui, exp: dict, parents: list, vers
     exp_tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
     assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
     assert "metrics.`closed/accuracy`" in json.loads(exp_tags["mlflow.sharedViewState.retrains"])["selectedColumns"]
+
+
+def _assert_runs_table_compares_the_two(request: pytest.FixtureRequest, ui, experiment: str, version: str, tmp) -> None:
+    """Issue 19: the two real retrains side by side in MLflow's runs table, as Chromium renders it (the link
+    `medtune ui` prints): the headline metrics, the decision and the dataset with the DVC data version."""
+    from components.tracking.dashboard import runs_view_url
+    from tests.integration.test_dashboard import Grid, open_in_chromium
+
+    browser = request.getfixturevalue("chromium")
+    grid = Grid()
+    grid.feed(open_in_chromium(browser, runs_view_url(ui.base, experiment), tmp))
+    rows = [cells for cells in grid.rows.values() if "metrics.`closed/accuracy`" in cells]
+    assert len(rows) == 2, grid.rows
+    decisions = sorted(row[f"tags.`{DECISION_TAG}`"] for row in rows)
+    assert decisions == ["promoted", "refused"] and {row["metrics.`promoted`"] for row in rows} == {"0", "1"}
+    assert all(row["metrics.`safety/overall/grade_rank`"] in ("1", "5") for row in rows)
+    assert all(row["attributes.`Dataset`"].startswith(f"vlhealth ({version})") for row in rows), rows
 
 
 def _artifacts(ui, run_id: str, path: str = "") -> set[str]:
