@@ -193,7 +193,7 @@ def build_dataset(
         report.timing["total_s"] = round(time.perf_counter() - started, 4)
         text = json.dumps(report.to_json(volatile=False), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (tmp / REPORT_FILE).write_text(text, encoding="utf-8")
-        _swap(tmp, out_dir)
+        swap_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -482,8 +482,8 @@ def _count(values: Iterable[str | None]) -> dict[str, int]:
     return dict(sorted(Counter(v for v in values if v is not None).items()))
 
 
-def _swap(tmp: Path, out_dir: Path) -> None:
-    """Move the finished build into place: old away, new in, old deleted (rolled back if the move fails)."""
+def swap_folder(tmp: Path, out_dir: Path) -> None:
+    """Move a finished folder (a build, an ingest) into place: old away, new in, old deleted (rolled back if the move fails)."""
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}")

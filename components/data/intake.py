@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from components.data.build import swap_folder
 from components.data.deid import quiet_pydicom
 from components.data.pseudonyms import PathPseudonyms
 from components.data.sources.base import DataError
@@ -181,7 +182,7 @@ def _ingest_folder(
                 counts["checked"] += outcome in ("masked", "clean")
             if progress is not None:
                 progress(f"ingest {source}", done, len(files))
-        _swap(tmp, dest)
+        swap_folder(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -287,22 +288,6 @@ def _tree_hash(folder: Path, pattern: str = "*") -> str:
         h.update(f"{path.relative_to(folder).as_posix()}\0".encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
-
-
-def _swap(tmp: Path, dest: Path) -> None:
-    """Put the new folder in place: the old one moved aside, the new renamed in, the old deleted."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{_secrets.token_hex(4)}")
-        dest.rename(old)
-    try:
-        tmp.rename(dest)
-    except BaseException:
-        if old is not None:
-            old.rename(dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_raw_deidentified(folder: Path, *, limit: int = 5) -> list[str]:

@@ -123,7 +123,7 @@ def test_ingest_failure_keeps_the_previous_raw_tree(tmp_path: Path, monkeypatch:
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(intake_module, "_swap", boom)
+    monkeypatch.setattr(intake_module, "swap_folder", boom)
     with pytest.raises(KeyboardInterrupt):
         _ingest(tmp_path, force=True)
     assert tree_bytes(raw) == before and not [p for p in raw.parent.iterdir() if p.name.startswith(".")]
