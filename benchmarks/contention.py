@@ -81,6 +81,7 @@ ctx = resolve(None, overrides, workspace=ws)
 threads = apply_threads(ctx)["runtime.threads"]
 import torch
 from components.training.base import bootstrap_base
+from components.runtime import thread_governor
 from pipelines.progress import stage_progress
 from pipelines.stages import model_args
 
@@ -98,7 +99,8 @@ steps, lines, opened = [], [], [None]
 def write(line):
     lines.append(time.perf_counter()); print(line, flush=True)
 
-with stage_progress("base", write, every_seconds=every, live=False) as progress:
+governor = thread_governor()   # as medtune's stages: None with a fixed count or MEDTUNE_ADAPT_THREADS=0
+with stage_progress("base", write, every_seconds=every, live=False, between_steps=governor) as progress:
     report = progress.phase("training")
     def on_step(step, total, loss):
         report(step, total, loss)
@@ -121,8 +123,9 @@ window = [t for t in steps if t >= opened[0]]
 durations = [b - a for a, b in zip(window, window[1:])]
 inside = [t for t in lines if t >= opened[0]]
 gaps = [b - a for a, b in zip([opened[0], *inside], [*inside, window[-1]])]
+used = torch.get_num_threads() if governor is None else governor.threads
 print("RESULT " + json.dumps({"durations": durations, "longest_gap": max(gaps), "gflops": gflops,
-                              "threads": threads}), flush=True)
+                              "threads": threads, "threads_at_end": used}), flush=True)
 """
 
 
@@ -246,6 +249,7 @@ def measure(children: Children, ws: Path, seconds: float, every: float, override
         "gap": result["longest_gap"],
         "gflops": result["gflops"],
         "threads": result["threads"],
+        "threads_at_end": result["threads_at_end"],
         "load": os.getloadavg()[0],
     }
 
@@ -327,22 +331,24 @@ def print_table(rows: list[tuple[int, dict[str, float], str]], args: argparse.Na
     base = rows[0][1]["mean"]
     from components.runtime import usable_cpus
 
+    governor = "off" if os.environ.get("MEDTUNE_ADAPT_THREADS") == "0" else "on"
     waits = os.environ.get("OMP_WAIT_POLICY", "unset")
     waits += f", GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset (medtune sets 1000)')}"
     print(
         f"base step beside K other medtune pipelines; {os.cpu_count()} CPUs ({usable_cpus()} usable), "
-        f"{rows[0][1]['threads']:.0f} threads, OMP_WAIT_POLICY {waits}, {args.seconds:.0f} s windows; "
+        f"{rows[0][1]['threads']:.0f} threads (governor {governor}), OMP_WAIT_POLICY {waits}, "
+        f"{args.seconds:.0f} s windows; "
         f"{' '.join(args.overrides)}"
     )
     print()
     print("| K | mean step (ms) | median (ms) | / fair share | longest step (s) | longest progress gap (s) | "
-          "load (1 min) | GFLOP/s per core | competitors |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "load (1 min) | GFLOP/s per core | threads at end | competitors |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k, r, state in rows:
         ratio = r["mean"] / ((k + 1) * base)
         print(
             f"| {k} | {1e3 * r['mean']:.0f} | {1e3 * r['median']:.0f} | {ratio:.2f} | {r['longest']:.2f} | "
-            f"{r['gap']:.1f} | {r['load']:.1f} | {r['gflops']:.1f} | {state} |"
+            f"{r['gap']:.1f} | {r['load']:.1f} | {r['gflops']:.1f} | {r['threads_at_end']:.0f} | {state} |"
         )
 
 

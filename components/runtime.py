@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,14 +227,166 @@ def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP, affin
 
 def apply_threads(threads: int | None = None) -> int:
     """Size torch's thread pools for this command: ``threads`` (the ``train.threads`` key), or None for
-    :func:`usable_cpus`. Returns the figure. Intra-op threads can change at any time; inter-op threads only once
-    and before any inter-op work, so that is tried and skipped when torch refuses (a second command in one
-    process, a test run)."""
+    :func:`usable_cpus`. Returns the figure. With None, and where the process may use every CPU of the machine,
+    a :class:`ThreadGovernor` also starts: the long stages lower the count while other processes want the CPUs
+    (``MEDTUNE_ADAPT_THREADS=0``: not, for a side-by-side measurement). Intra-op threads can change at any time;
+    inter-op threads only once and before any inter-op work, so that is tried and skipped when torch refuses (a
+    second command in one process, a test run)."""
     import torch
 
+    global _GOVERNOR
     count = threads if threads is not None else usable_cpus()
     torch.set_num_threads(count)
+    if _GOVERNOR is not None:  # a second command in one process (tests): the new setting decides
+        _GOVERNOR.close()
+        _GOVERNOR = None
+    if threads is None and count == (os.cpu_count() or count) and os.environ.get("MEDTUNE_ADAPT_THREADS", "1") != "0":
+        _GOVERNOR = ThreadGovernor(count)
     # torch refuses a second setting, or one after inter-op work started ("cannot set number of interop threads")
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(count)
     return count
+
+
+# -- Threads under load (issue 17, item 2: steady beside other pipelines) ---------------------------------------------
+
+PROC_LOADAVG = Path("/proc/loadavg")
+PROC_SELF_TASKS = Path("/proc/self/task")
+
+
+def runnable_threads() -> tuple[int, int] | None:
+    """``(machine, own)``: the threads runnable right now (running or waiting for a CPU) on the whole machine
+    (``/proc/loadavg``'s fourth field) and in this process (state ``R`` in ``/proc/self/task/*/stat``); None where
+    either cannot be read (not Linux). Both are read within microseconds of each other, so ``machine - own`` is the
+    competition other processes bring, whatever this process is doing at that moment."""
+    try:
+        machine = int(PROC_LOADAVG.read_text().split()[3].split("/")[0])
+        own = 0
+        for task in os.scandir(PROC_SELF_TASKS):
+            with contextlib.suppress(OSError):  # a thread that ended between the listing and the read
+                stat = Path(task.path, "stat").read_text()
+                own += stat[stat.rindex(")") + 2] == "R"  # the state follows the parenthesised name
+    except (OSError, ValueError, IndexError):
+        return None
+    return machine, own
+
+
+class ThreadGovernor:
+    """Fewer torch threads while other processes want the CPUs, back to the full count when they are gone.
+
+    Why: a process that runs ``n`` OpenMP threads meets a barrier in every parallel region, where each thread waits
+    for the slowest. On an oversubscribed machine one of them is often descheduled, and its partners wait a whole
+    time slice: beside four other 2-thread medtune pipelines on 2 CPUs, the base step averaged 1.70x its fair share
+    with 2-5 s outliers (benchmarks/README.md, "Contention"). One thread has no barrier to wait at, and the machine
+    does the same work with fewer context switches; on an idle machine the full count is faster, so the governor
+    follows the load.
+
+    How: a sampler thread reads :func:`runnable_threads` every ``sample_every`` seconds and keeps ``others`` = the
+    machine's runnable threads minus this process's. The training thread calls the governor between steps (the
+    progress callback of every long stage does); every ``window`` seconds it takes the mean of ``others`` over the
+    window, the CPUs left ``free = cpus - others``, and changes the count with hysteresis: down to
+    ``max(1, ceil(free - 0.5))`` when ``free < threads - 0.5``, up to ``min(ceiling, floor(free + 0.35))`` when
+    ``free >= threads + 0.65``. On 2 CPUs: 2 threads while under 0.5 other runnable threads on average, 1 above
+    that, back to 2 under 0.35. The change is applied with ``torch.set_num_threads`` on the calling thread (OpenMP's
+    thread count belongs to the thread that sets it), so call it from the thread that trains.
+
+    It runs only where the machine's count describes this process's CPUs: when ``train.threads`` is null (a number
+    is kept as given, which also keeps a resumed run bit-identical to an uninterrupted one) and when the process may
+    use every CPU of the machine (no affinity mask or cgroup quota below it: then ``/proc/loadavg`` counts threads
+    on CPUs this process never gets). ``sampler`` and ``clock`` are injectable for tests (no thread is started
+    when a ``sampler`` is given; call :meth:`sample`).
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        cpus: int | None = None,
+        window: float = 5.0,
+        sample_every: float = 0.25,
+        sampler: Callable[[], tuple[int, int] | None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import threading
+        import time
+
+        self.ceiling = max(1, ceiling)
+        self.cpus = cpus if cpus is not None else usable_cpus()
+        self.window, self.sample_every = window, sample_every
+        self.threads = self.ceiling
+        self._clock = clock or time.monotonic
+        self._read = sampler or runnable_threads
+        self._samples: list[float] = []
+        self._lock = threading.Lock()
+        self._decided = self._clock()
+        self._applied: dict[int, int] = {}
+        self.changes: list[tuple[float, int, float]] = []  # (clock, threads, mean others): what a report may show
+        self._thread: threading.Thread | None = None
+        if sampler is None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="medtune-thread-governor", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.sample_every):
+            self.sample()
+
+    def sample(self) -> None:
+        reading = self._read()
+        if reading is not None:
+            with self._lock:
+                self._samples.append(max(0.0, float(reading[0] - reading[1])))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=2)
+
+    def decide(self) -> str | None:
+        """At most once per window: the new thread count from the window's samples; returns a line saying why when
+        the count changes, else None. Applies nothing (see :meth:`__call__`)."""
+        now = self._clock()
+        if now - self._decided < self.window:
+            return None
+        with self._lock:
+            samples, self._samples = self._samples, []
+        self._decided = now
+        if len(samples) < 3:
+            return None
+        others = sum(samples) / len(samples)
+        free = self.cpus - others
+        current = self.threads
+        if free < current - 0.5:
+            new = max(1, math.ceil(free - 0.5))
+        elif free >= current + 0.65:
+            new = min(self.ceiling, math.floor(free + 0.35))
+        else:
+            return None
+        if new == current:
+            return None
+        self.threads = new
+        self.changes.append((now, new, others))
+        noun = "thread" if new == 1 else "threads"
+        why = "the machine is busy" if new < current else "the machine is free again"
+        return f"{new} torch {noun} ({why}: {others:.1f} other runnable threads on {self.cpus} CPUs)"
+
+    def __call__(self) -> str | None:
+        """Between two steps, on the training thread: decide, and make this thread's count the decided one."""
+        import threading
+
+        import torch
+
+        note = self.decide()
+        ident = threading.get_ident()
+        if self._applied.get(ident) != self.threads:
+            torch.set_num_threads(self.threads)
+            self._applied[ident] = self.threads
+        return note
+
+
+_GOVERNOR: ThreadGovernor | None = None
+
+
+def thread_governor() -> ThreadGovernor | None:
+    """This process's governor (:func:`apply_threads` starts it when the count is adaptive), or None."""
+    return _GOVERNOR

@@ -61,11 +61,19 @@ class ProgressLog:
     stage's callbacks and the heartbeat's :meth:`tick` share one lock."""
 
     def __init__(
-        self, stage: str, write: Write, *, every_seconds: float, periodic: bool = True, clock: Clock = time.monotonic
+        self,
+        stage: str,
+        write: Write,
+        *,
+        every_seconds: float,
+        periodic: bool = True,
+        clock: Clock = time.monotonic,
+        between_steps: Callable[[], str | None] | None = None,
     ) -> None:
         if every_seconds <= 0:
             raise ValueError(f"every_seconds must be positive, got {every_seconds}")
         self.stage, self.write, self.every, self.periodic, self.clock = stage, write, every_seconds, periodic, clock
+        self.between_steps = between_steps
         self.opened = self.last_line = self.idle_since = clock()
         self.idle_after = "the stage began"
         self.current: _Phase | None = None
@@ -88,8 +96,13 @@ class ProgressLog:
     def update(self, name: str, step: int, total: int, loss: float | None = None, unit: str = "steps") -> None:
         if total <= 0:
             return
+        # On the training thread, between two units of work: the thread governor (components.runtime) may change
+        # the torch thread count here; its reason is a line of its own, also on a terminal.
+        note = self.between_steps() if self.between_steps is not None else None
         with self._lock:
             now = self.clock()
+            if note:
+                self._emit(f"{self.stage}: {note}", now)
             p = self.current
             if p is None or p.name != name:
                 announced = loss is None  # a start announcement; otherwise the call ends the first unit of work
@@ -190,13 +203,22 @@ def _duration(seconds: float) -> str:
 
 @contextlib.contextmanager
 def stage_progress(
-    stage: str, echo: Write, *, every_seconds: float, live: bool | None = None, enabled: bool = True
+    stage: str,
+    echo: Write,
+    *,
+    every_seconds: float,
+    live: bool | None = None,
+    enabled: bool = True,
+    between_steps: Callable[[], str | None] | None = None,
 ) -> Iterator[ProgressLog]:
     """A :class:`ProgressLog` for the duration of a stage's work: a live line on a terminal (``live`` None: when
     stdout is one), else a heartbeat thread that keeps lines coming. ``enabled`` False (a caller that echoes
-    nothing) starts neither."""
+    nothing) starts neither. ``between_steps`` runs on the training thread at every callback (the thread governor:
+    :class:`components.runtime.ThreadGovernor`)."""
     live = _terminal() if live is None else live
-    log = ProgressLog(stage, echo, every_seconds=every_seconds, periodic=enabled and not live)
+    log = ProgressLog(
+        stage, echo, every_seconds=every_seconds, periodic=enabled and not live, between_steps=between_steps
+    )
     if not enabled:
         yield log
     elif live:

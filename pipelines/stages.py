@@ -40,10 +40,19 @@ def quiet(_: str) -> None:
 
 
 def stage_progress(ctx: Context, stage: str, echo: Echo) -> contextlib.AbstractContextManager[Any]:
-    """The stage's progress lines (:mod:`pipelines.progress`) through ``echo``, every ``progress.every_seconds``."""
+    """The stage's progress lines (:mod:`pipelines.progress`) through ``echo``, every ``progress.every_seconds``;
+    between steps the process's thread governor (:func:`components.runtime.thread_governor`) may change the torch
+    thread count, saying so in a line."""
+    from components.runtime import thread_governor
     from pipelines.progress import stage_progress as progress
 
-    return progress(stage, echo, every_seconds=ctx.config.progress.every_seconds, enabled=echo is not quiet)
+    return progress(
+        stage,
+        echo,
+        every_seconds=ctx.config.progress.every_seconds,
+        enabled=echo is not quiet,
+        between_steps=thread_governor(),
+    )
 
 
 def ingest_intake(ctx: Context, echo: Echo = quiet, *, progress: Any = None, force: bool = False) -> dict[str, Any]:

@@ -132,3 +132,117 @@ def test_the_cli_loads_no_torch_before_the_environment_is_set() -> None:
     code = "import sys, pipelines.cli, pipelines.context; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"  # libgomp reads GOMP_SPINCOUNT once, when torch loads it
+
+
+# -- the thread governor: fewer threads while other processes want the CPUs ---------------------------------------
+
+
+class FakeMachine:
+    """A clock and a ``(machine, own)`` runnable-threads reading the test sets."""
+
+    def __init__(self) -> None:
+        self.now, self.others = 0.0, 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def read(self) -> tuple[int, int]:
+        return 2 + self.others, 2  # type: ignore[return-value]  # a fractional mean, as many readings give
+
+
+def _window(governor: object, machine: FakeMachine, others: float, samples: int = 10) -> str | None:
+    machine.others = others
+    for _ in range(samples):
+        governor.sample()  # type: ignore[attr-defined]
+    machine.now += 5.0
+    return governor()  # type: ignore[operator,no-any-return]
+
+
+def test_governor_drops_to_one_thread_when_busy_and_comes_back_when_free() -> None:
+    import torch
+
+    from components.runtime import ThreadGovernor
+
+    machine = FakeMachine()
+    before = torch.get_num_threads()
+    governor = ThreadGovernor(2, cpus=2, sampler=machine.read, clock=machine.clock)
+    try:
+        assert _window(governor, machine, 0) is None and governor.threads == 2 == torch.get_num_threads()
+        note = _window(governor, machine, 4)  # four other pipelines' threads runnable: the issue's K = 4
+        assert governor.threads == 1 == torch.get_num_threads()
+        assert note == "1 torch thread (the machine is busy: 4.0 other runnable threads on 2 CPUs)"
+        assert _window(governor, machine, 1) is None and governor.threads == 1  # one other thread: 1 + 1 = 2 CPUs
+        assert _window(governor, machine, 0.4) is None and governor.threads == 1  # inside the hysteresis band
+        note = _window(governor, machine, 0)
+        assert governor.threads == 2 == torch.get_num_threads() and note is not None and "free again" in note
+        assert _window(governor, machine, 0.4) is None and governor.threads == 2  # the band, from above
+        assert _window(governor, machine, 1) is not None and governor.threads == 1
+        assert [threads for _, threads, _ in governor.changes] == [1, 2, 1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_governor_decides_once_per_window_and_not_on_too_few_samples() -> None:
+    from components.runtime import ThreadGovernor
+
+    machine = FakeMachine()
+    governor = ThreadGovernor(8, cpus=8, sampler=machine.read, clock=machine.clock)
+    machine.others = 6
+    for _ in range(10):
+        governor.sample()
+    machine.now += 4.9
+    assert governor.decide() is None and governor.threads == 8  # the window is not over
+    machine.now += 0.2
+    assert governor.decide() is not None and governor.threads == 2  # ceil(8 - 6 - 0.5)
+    machine.now += 5.0
+    governor.sample()
+    assert governor.decide() is None and governor.threads == 2  # one sample decides nothing
+    for others, expected in ((0, 8), (3, 5), (2.5, 5)):  # up to floor(free + 0.35), capped; then the band holds
+        machine.others = others
+        for _ in range(5):
+            governor.sample()
+        machine.now += 5.0
+        governor.decide()
+        assert governor.threads == expected, others
+
+
+def test_runnable_threads_reads_this_machine() -> None:
+    from components.runtime import runnable_threads
+
+    reading = runnable_threads()
+    assert reading is not None
+    machine, own = reading
+    assert own >= 1 and machine >= own  # the reading thread itself is running
+
+
+def test_apply_threads_starts_the_governor_only_for_the_adaptive_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from components import runtime
+
+    before = torch.get_num_threads()
+    try:
+        runtime.apply_threads(1)
+        assert runtime.thread_governor() is None  # a number is kept as given
+        runtime.apply_threads(None)
+        expected = usable_cpus() == os.cpu_count()
+        assert (runtime.thread_governor() is not None) == expected
+        monkeypatch.setenv("MEDTUNE_ADAPT_THREADS", "0")
+        runtime.apply_threads(None)
+        assert runtime.thread_governor() is None
+    finally:
+        runtime.apply_threads(before)
+
+
+def test_progress_lines_say_when_the_governor_changes_the_count() -> None:
+    from pipelines.progress import ProgressLog
+
+    lines: list[str] = []
+    notes = iter([None, "1 torch thread (the machine is busy: 3.0 other runnable threads on 2 CPUs)", None])
+    log = ProgressLog("base", lines.append, every_seconds=1e9, between_steps=lambda: next(notes))
+    log.update("", 0, 10)
+    log.update("", 1, 10, 0.5)
+    log.update("", 2, 10, 0.4)
+    assert [line.split(", t=")[0] for line in lines] == [
+        "base: 1 torch thread (the machine is busy: 3.0 other runnable threads on 2 CPUs)"
+    ]
