@@ -29,7 +29,9 @@ Choices where METHODS.md is silent:
   ``warmup`` steps, then follows a half cosine to ``min_lr_ratio`` x ``lr`` at the last step. Gradients are
   clipped to a global norm of ``max_grad_norm``; parameters outside the step task's trainable set never get a
   gradient (AdamW then leaves them, and their moments, untouched).
-- **Precision.** bf16 autocast on CUDA only; CPU runs in fp32, so a resumed run equals an uninterrupted one bit for
+- **Precision** (:mod:`components.training.precision`). The stage's trainable tensors train in float32 (master
+  weights) whatever the base's dtype; a bf16/fp16 base autocasts to its dtype (CPU too; fp16 with a GradScaler).
+  A float32 base: bf16 autocast on CUDA only; CPU runs in fp32, so a resumed run equals an uninterrupted one bit for
   bit (``torch.equal``).
 - **Determinism.** The torch RNG (dropout) is seeded per stage from (seed, stage, rank) and saved per rank in
   every checkpoint together with numpy's and Python's; the data order needs no RNG state (see
@@ -75,6 +77,7 @@ from components.training.distributed import (
     shard,
     wrap_ddp,
 )
+from components.training.precision import Precision
 from components.training.stages import StageKey, StageSpec, freeze_for, stage_spec, trainable_parameters
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -103,7 +106,7 @@ class TrainArgs:
     checkpoint_every: int = 0  # 0: no intermediate checkpoints
     keep_checkpoints: int = 2
     seed: int = 0
-    bf16: bool = True  # autocast to bf16 on CUDA; ignored on CPU
+    bf16: bool = True  # a float32 base: autocast to bf16 on CUDA (ignored on CPU); a bf16/fp16 base autocasts anyway
     loss: str = "token"  # "token": mean over every answer token; "record": mean over records of each one's mean
     task_mix: Mapping[str, float] = field(default_factory=dict)  # empty: equal over the stage's tasks with data
     # micro-batches of similar length (components.training.data.grouped_permutation): less padding, but on the
@@ -389,6 +392,7 @@ def train_stage(
 
     # -- setup ------------------------------------------------------------------------------------------------
     union = freeze_for(model, spec.key)
+    precision = Precision.for_model(model, union, env.device, bf16=args.bf16)  # fp32 master weights (issue 20)
     active = {t: trainable_parameters(model, spec.key, t) for t in task_pools}
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -425,11 +429,7 @@ def train_stage(
         else:  # another world size: the run goes on, but is no longer bitwise the uninterrupted one
             torch.manual_seed(salt_of(args.seed, spec.key, env.rank, start))
     ddp = wrap_ddp(model, env)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if env.device.type == "cuda" and args.bf16
-        else contextlib.nullcontext()
-    )
+    autocast = precision.context()
     model.train()
     began = time.perf_counter()
     if env.is_main and progress is not None:
@@ -458,19 +458,20 @@ def train_stage(
             sync = k == len(micro) - 1 or not env.distributed
             with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:  # type: ignore[operator]
                 summed = answer_loss_sum(ddp, inputs, labels, per=args.loss)
-            (summed * (env.world / max(1, tokens))).backward()
+            precision.backward(summed * (env.world / max(1, tokens)))
             loss_sum += summed.detach().cpu()
         for name, param in params:
             if name not in active[task]:
                 param.grad = None
         with_grad = [p for _, p in params if p.grad is not None]
+        precision.unscale(optimizer)
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(with_grad, args.max_grad_norm))
             if args.max_grad_norm and with_grad
             else math.nan
         )
         lr = float(scheduler.get_last_lr()[0])
-        optimizer.step()
+        precision.step(optimizer)
         scheduler.step()
         loss = float(all_reduce_sum(loss_sum, env).item()) / max(1, tokens)
         losses.append(loss)
@@ -538,4 +539,5 @@ def train_stage(
         os.replace(tmp, done)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # done.json + final.safetensors replace them
     barrier(env)
+    precision.restore()  # the saved tensors are float32; the model goes back to one dtype
     return StageResult(spec.key, args.steps, losses, tasks, seconds, resumed_from, out, final, curve)
