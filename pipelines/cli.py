@@ -8,6 +8,7 @@
     medtune promote [--version N | --run RUN_ID]   # gated move of the champion alias (mlflow/promotion.yaml)
     medtune ui                            # MLflow UI on 127.0.0.1
     medtune report RUN_ID [-o page.html]  # one static HTML page of a run
+    medtune export models:/medtune-vlm@champion --format peft -o out/   # peft | merged | hf (README "Export")
     medtune schedule --cron "0 2 * * *"   # retrain on a schedule (local Prefect server), until Ctrl-C
     medtune watch [--cron "0 2 * * *"]    # retrain when new data lands (intake, raw tree, data.dvc), until Ctrl-C
     medtune config show [--schema]
@@ -342,6 +343,42 @@ def config_show(
 
     console.print(yaml.safe_dump(config_dict(ctx.config), sort_keys=False), markup=False)
     console.print(f"# config hash {ctx.config_hash}", markup=False)
+
+
+@app.command()
+def export(
+    model_uri: Annotated[
+        str,
+        typer.Argument(
+            help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model or a local model folder."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist, or be empty).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="peft | merged | hf")] = "peft",
+    task: Annotated[str, typer.Option(help="The plugin --format merged merges: comprehension | generation.")] = (
+        "comprehension"
+    ),
+    base: Annotated[
+        str | None,
+        typer.Option(help="The base checkpoint the adapters name (default: the run's model.path / model.lm.path)."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export a trained model: plain peft adapters for the user's base, a merged Hugging Face model (LoRA, ElaLoRA)
+    or the whole model as Transformers folders (components/training/export.py). Exit 2 when it cannot."""
+    import tempfile
+
+    ctx = load_context(config, None, make_state=False)
+    from components.tracking.export import ModelNotFound, model_folder
+    from components.training.export import ExportError, export_trained
+
+    with tempfile.TemporaryDirectory(prefix="medtune-export-") as scratch:
+        try:
+            folder = model_folder(model_uri, ctx.tracking_uri, Path(scratch))
+            written = export_trained(folder, out, fmt, task=task, base=base)
+        except (ModelNotFound, ExportError) as e:
+            raise fail(2, f"error: {e}") from None
+    console.print(f"exported {model_uri} as {fmt} -> {written}")
 
 
 @app.command()
