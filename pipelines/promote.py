@@ -321,7 +321,8 @@ def register_stage(
         registry.log_json(session.client, run_id, evidence.to_json(), registry.EVIDENCE_FILE)
         model_info = _trained_info(Path(model_dir))
         registry.log_json(session.client, run_id, model_info, registry.MODEL_INFO_FILE)
-        model_uri = registry.log_model(run_id, model_dir, example_image=_example_image(ctx))
+        model_uri = registry.log_model(run_id, model_dir, example_image=_example_image(ctx),
+                                       blob_store=ctx.state.root / "blobs")  # fmt: skip
         version = registry.register_version(session.client, name, model_uri, run_id, registry.version_tags(evidence))
         decision = decide(ctx, session.client, name, version, evidence, policy, auto=True)
         card = render_card(name, version, evidence, decision=decision, model_info=model_info,

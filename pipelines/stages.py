@@ -461,6 +461,10 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
                     progress=progress.phase("training"),
                     warmup_progress=progress.phase("vision warm-up"),
                 )
+        if Path(base_dir).resolve().is_relative_to(ctx.state.root.resolve()):  # medtune's cache, never a user's folder
+            from components.blobs import intern
+
+            intern(base_dir, ctx.state.root / "blobs")  # the one copy of the base (issue 20 item 4)
         seconds = time.perf_counter() - started
         summary_file = base_dir / "base.json"
         if not how:  # the bootstrap writes base.json when it finishes: an older file means a cached base

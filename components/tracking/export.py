@@ -33,7 +33,7 @@ def trained_folder(root: Path) -> Path | None:
     return None
 
 
-def _local_path(location: str) -> Path | None:
+def local_path(location: str) -> Path | None:
     """A ``file:`` URI or plain path as a local folder; None for a remote store."""
     parsed = urlparse(location)
     if parsed.scheme == "file":
@@ -89,7 +89,7 @@ def model_folder(uri: str, tracking_uri: str, scratch: Path) -> Path:
             location = str(client.get_logged_model(model_id).artifact_location)
         except MlflowException as e:
             raise ModelNotFound(f"{uri}: logged model {model_id}: {str(e).splitlines()[0]}") from None
-        path = _local_path(location)
+        path = local_path(location)
         found = trained_folder(path) if path is not None and path.is_dir() else None
         if found is not None:
             return found  # a local artifact store: used in place

@@ -56,10 +56,14 @@ def _components_dir() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def log_model(run_id: str, model_dir: str | Path, *, example_image: str | Path) -> str:
+def log_model(
+    run_id: str, model_dir: str | Path, *, example_image: str | Path, blob_store: str | Path | None = None
+) -> str:
     """Log the model folder as the pyfunc model of run ``run_id``; return its ``models:/m-...`` URI.
 
-    ``example_image`` (a PNG) makes the input example (one question, one image to generate from)."""
+    ``example_image`` (a PNG) makes the input example (one question, one image to generate from). ``blob_store``:
+    on a local artifact store, the weights MLflow just copied become links to that store's blobs, so the registered
+    model bundles the base without a second copy on disk (:mod:`components.blobs`, issue 20 item 4)."""
     import mlflow
 
     from components.tracking import pyfunc_entry, pyfunc_model
@@ -77,6 +81,13 @@ def log_model(run_id: str, model_dir: str | Path, *, example_image: str | Path) 
             input_example=pyfunc_model.input_example(pyfunc_model.file_to_base64(example_image)),
             pip_requirements=pip_requirements(),
         )
+    if blob_store is not None:
+        from components.blobs import intern
+        from components.tracking.export import local_path
+
+        location = local_path(str(mlflow.get_logged_model(info.model_id).artifact_location))
+        if location is not None and location.is_dir():
+            intern(location, blob_store)
     return str(info.model_uri)
 
 

@@ -16,7 +16,8 @@ plugins named after the tasks. MedVLM works unchanged with the wrapped LM (peft 
 Saved layout (``save_trained``)::
 
     folder/trained.json                  format, adapter args, vocabulary size, the stages that were run
-    folder/base/                         a copy of the base MedVLM folder (vision, LM, projectors, tokenizer)
+    folder/base/                         the base MedVLM folder (vision, LM, projectors, tokenizer); its weights
+                                         hard-linked when the base is interned (components/blobs.py), else copied
     folder/tokenizer/                    the tokenizer with the image-code tokens
     folder/adapters/comprehension/       peft save_pretrained (adapter_config.json + adapter_model.safetensors)
     folder/adapters/generation/
@@ -155,7 +156,9 @@ def save_trained(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copytree(Path(base_dir), out / "base")
+    from components.blobs import link_or_copy
+
+    shutil.copytree(Path(base_dir), out / "base", copy_function=link_or_copy)  # an interned base is linked, not copied
     save_tokenizer(model.tokenizer, out / "tokenizer")
     model.lm.save_pretrained(str(out / "adapters"), save_embedding_layers=False)
     params = dict(model.named_parameters())

@@ -39,6 +39,8 @@ def test_run_twice_tracks_registers_and_reuses_data(
 
     first = medtune(["run", *SMALL], ws, env, timeout=900)
     assert first.returncode == 0, first.output
+    _assert_base_stored_once(ws)  # issue 20 item 4
+    _assert_export_round_trips(ws, env, tmp_path)  # issue 20 item 3
     assert "data: built" in first.stdout
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     version = next(o["md5"] for o in lock["stages"]["build"]["outs"] if o["path"] == "data/vlhealth")
@@ -96,6 +98,57 @@ def test_run_twice_tracks_registers_and_reuses_data(
     _assert_parents_compare_in_the_runs_table(ui, exp, parents, version)
     assert_second_unsafe_version_refused_and_champion_loads(ws, env, first, second, tmp_path)
     assert_offline(netguard)
+
+
+def _assert_base_stored_once(ws: Path) -> None:
+    """Issue 20 item 4: after a run, every *.safetensors of the workspace and its state folder hashed; the base's
+    files (the checkpoint cache), also present in the trained model folder and the registered model's MLflow
+    artifact, are one inode each: the bytes are on disk once."""
+    import hashlib
+    from collections import defaultdict
+
+    inodes: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    paths: dict[str, list[Path]] = defaultdict(list)
+    for path in ws.rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            inodes[digest].add((path.stat().st_dev, path.stat().st_ino))
+            paths[digest].append(path)
+    (base,) = (ws / ".medtune" / "models").iterdir()
+    base_hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in base.rglob("*.safetensors")}
+    assert base_hashes
+    for digest in base_hashes:
+        where = {str(p.relative_to(ws)).split("/")[1] for p in paths[digest]}
+        assert {"models", "train", "mlflow"} <= where, paths[digest]  # the three places that held a copy before
+        assert len(inodes[digest]) == 1, paths[digest]
+
+
+def _assert_export_round_trips(ws: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 20 item 3 through the CLI: the registered version exported as peft adapters reproduces the pipeline
+    model's language-model logits exactly on the exported base; H-LoRA refuses to merge with one line, exit 2."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from components.training.plugins import load_trained
+
+    uri = "models:/medtune-vlm/1"
+    r = medtune(["export", uri, "--format", "peft", "-o", str(tmp_path / "peft"), *SMALL], ws, env)
+    assert r.returncode == 0, r.output
+    info = json.loads((tmp_path / "peft" / "export.json").read_text())
+    assert info["adapter_type"] == "HLORA" and info["needs_medtune"]
+    (model_dir,) = (ws / ".medtune" / "train").glob("*/model")
+    pipeline = load_trained(model_dir)
+    ids = torch.tensor([[5, 17, 42, info["vocab_rows"] - 1]])  # the last row is an image-code token (stage 2)
+    base = AutoModelForCausalLM.from_pretrained(info["base"])
+    base.resize_token_embeddings(info["vocab_rows"])
+    exported = PeftModel.from_pretrained(base, str(tmp_path / "peft" / "comprehension")).eval()
+    with torch.no_grad():
+        assert torch.equal(exported(input_ids=ids).logits, pipeline.lm(input_ids=ids).logits)
+    r = medtune(["export", uri, "--format", "merged", "-o", str(tmp_path / "merged"), *SMALL], ws, env)
+    assert r.returncode == 2 and "H-LoRA cannot be merged" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "merged").exists()
 
 
 def _assert_parents_compare_in_the_runs_table(ui, exp: dict, parents: list, version: str) -> None:
