@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -172,50 +172,43 @@ def rank_search(config: ConfigOpt = None, overrides: Overrides = None, wait: Wai
 
 @app.command()
 def safety(
-    config: ConfigOpt = None,
     overrides: Overrides = None,
+    config: ConfigOpt = None,
     wait: WaitOpt = None,
-    sut: Annotated[str, typer.Option(help="System under test: medtune, openai, refuse_all, comply_all.")] = "medtune",
+    sut: Annotated[
+        list[str] | None,
+        typer.Option(help="System under test: medtune, openai, refuse_all, comply_all (calibrate: repeat it)."),
+    ] = None,
     sut_arg: Annotated[
         list[str] | None,
         typer.Option(
             "--sut-arg", help="SUT setting KEY=VALUE, e.g. model_dir=runs/x/model adapter_dir=runs/x/adapter."
         ),
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            is_flag=False,
+            flag_value="latest",
+            metavar="[RUN]",
+            help="Continue a killed run from its journal (nothing finished is asked again): the newest unfinished "
+            "one, or RUN (its folder, folder name or MLflow run id).",
+        ),
+    ] = None,
+    only: Annotated[str | None, typer.Option("--set", help="calibrate: only the prompt set of this name.")] = None,
 ) -> None:
-    """Run the safety benchmark (MLCommons v0.5 / AILuminate v1.0 grading) on any SUT; grades go to MLflow."""
-    ctx = load_context(config, overrides, wait=wait)
-    import yaml
+    """Run the safety benchmark (MLCommons v0.5 / AILuminate v1.0 grading) on any SUT; grades go to MLflow.
+    `medtune safety calibrate --sut A --sut B`: per-hazard references of the custom prompt sets (ModelBench's rule)."""
+    from pipelines import cli_safety
 
-    from components.safety import SUTS
-    from pipelines.stages import safety_stage
-
-    kwargs: dict[str, Any] = {}
-    for item in sut_arg or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise fail(2, f"error: --sut-arg {item!r}: expected KEY=VALUE")
-        kwargs[key] = yaml.safe_load(value)
-    if sut == "medtune":
-        kwargs.setdefault("max_new_tokens", ctx.config.safety.max_new_tokens)
-        model_dir = Path(str(kwargs.get("model_dir", "")))
-        if (model_dir / "trained.safetensors").exists():  # a `medtune train` model folder (base + plugins)
-            from components.safety.vlm import vlm_generator
-            from components.training.plugins import load_trained
-
-            model = load_trained(model_dir)
-            kwargs = {
-                "generate": vlm_generator(model, model.tokenizer, batch_size=ctx.config.safety.batch_size),
-                "name": model_dir.parent.name,
-                "max_new_tokens": kwargs["max_new_tokens"],
-            }
-    try:
-        instance = SUTS.make(sut, **kwargs)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
-        raise fail(2, f"error: SUT {sut!r}: {e}") from None
-    with flow_run(ctx, "safety") as (ctx, parent):
-        ref = safety_stage(ctx, parent, console.print, sut=instance)
-    console.print(f"safety grade {ref['overall']}: MLflow run {parent} (experiment 'safety')")
+    words = list(overrides or [])
+    mode = words.pop(0) if words and words[0] == "calibrate" else None
+    ctx = load_context(config, words, wait=wait)
+    if mode == "calibrate":
+        cli_safety.calibrate(ctx, sut, sut_arg, only)
+    else:
+        cli_safety.run(ctx, sut, sut_arg, resume)
 
 
 def _experiment_id(uri: str, name: str) -> str | None:

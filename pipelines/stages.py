@@ -289,21 +289,35 @@ def reports_dir(ctx: Context) -> Path:
     return ctx.workspace / REPORTS
 
 
-def safety_items(ctx: Context) -> list[Any]:
+def safety_sets(ctx: Context) -> list[Any]:
+    """The prompt sets the config names (``safety.prompt_sets``, and the older ``safety.ailuminate`` / ``xstest``
+    keys as AILuminate / XSTest entries), read; PromptSetError (one line) on a bad one."""
+    from components.safety.prompt_sets import PromptSetConfig, load_prompt_set
+
+    cfg = ctx.config.safety
+    entries = [PromptSetConfig(path=p, reader="ailuminate") for p in cfg.ailuminate]
+    entries += [PromptSetConfig(path=cfg.xstest, reader="xstest")] if cfg.xstest else []
+    return [load_prompt_set(entry, ctx.workspace) for entry in [*entries, *cfg.prompt_sets]]
+
+
+def safety_items(ctx: Context, sets: list[Any] | None = None) -> list[Any]:
     """The prompt items the config names: medtune's v0.5-style prompts and safe contrast prompts (over-refusal),
-    AILuminate CSVs, XSTest."""
-    from components.safety import generate_contrast_items, generate_v05_items, load_ailuminate, load_xstest
+    then every prompt set's items."""
+    from components.safety import generate_contrast_items, generate_v05_items
 
     cfg = ctx.config.safety
     items: list[Any] = list(generate_v05_items(cfg.generated_per_hazard)) if cfg.generated_per_hazard else []
     items += generate_contrast_items(cfg.generated_safe_per_type) if cfg.generated_safe_per_type else []
-    for path in cfg.ailuminate:
-        items += load_ailuminate(ctx.path(path))
-    if cfg.xstest:
-        items += load_xstest(ctx.path(cfg.xstest))
+    for prompt_set in safety_sets(ctx) if sets is None else sets:
+        items += prompt_set.items
     if not items:
         raise StageFailed("safety", "no prompts: set safety.generated_per_hazard > 0 or name a prompt set")
     return items
+
+
+def safety_references_dir(ctx: Context) -> Path:
+    """Where ``medtune safety calibrate`` stores references, one file per prompt set hash."""
+    return ctx.state.root / "safety" / "references"
 
 
 def safety_stage(
@@ -314,29 +328,56 @@ def safety_stage(
     sut: Any = "refuse_all",
     run_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The safety benchmark on a SUT (an instance or a registered name); grades and report to MLflow."""
+    """The safety benchmark on a SUT (an instance or a registered name); grades and report to MLflow. ``run_dir``:
+    an earlier run's folder to continue (its journal: nothing finished is asked again)."""
     from components.safety import run_safety
+    from components.safety.calibration import CalibrationError, run_references
+    from components.safety.judges import UnsupportedLocale
+    from components.safety.prompt_sets import PromptSetError
+    from components.safety.runner import SafetyRunError
 
     cfg = ctx.config.safety
     session = connect(ctx)
     with session.child(parent, "safety") as run_id:
         folder = run_dir or ctx.state.runs / f"safety-{run_id}"
         judge = (cfg.judge, dict(cfg.judge_args)) if cfg.judge_args else cfg.judge
-        with stage_progress(ctx, "safety", echo) as progress:
-            graded = progress.phase(unit="items")
-            result = run_safety(
-                sut, judge, safety_items(ctx), folder, version=cfg.version, batch_size=cfg.batch_size,
-                progress=lambda _name, done, total: graded(done, total or 0, None),
-            )  # fmt: skip
-        session.log_params(run_id, {"safety.version": cfg.version, "safety.judge": cfg.judge})
+        try:
+            sets = safety_sets(ctx)
+            items = safety_items(ctx, sets)
+            reference = run_references(sets, items, cfg.version, safety_references_dir(ctx))
+            with stage_progress(ctx, "safety", echo) as progress:
+                graded = progress.phase(unit="items")
+                result = run_safety(
+                    sut, judge, items, folder, version=cfg.version, batch_size=cfg.batch_size, reference=reference,
+                    retries=cfg.retries, max_error_share=cfg.max_error_share,
+                    progress=lambda _name, done, total: graded(done, total or 0, None),
+                )  # fmt: skip
+        except (PromptSetError, CalibrationError, UnsupportedLocale, SafetyRunError) as e:
+            raise StageFailed("safety", str(e)) from None
+        except ValueError as e:  # the runner's and the references' checks: one line each
+            raise StageFailed("safety", str(e).splitlines()[0]) from None
+        session.log_params(
+            run_id,
+            {
+                "safety.version": cfg.version,
+                "safety.judge": cfg.judge,
+                "safety.locale": result.locale,
+                "safety.reference": "none" if reference is None else reference.label,
+                "safety.run_dir": str(folder),
+            },
+        )
         session.log_metrics(run_id, result.metrics())
-        session.set_tags(run_id, {"safety.overall": str(result.overall)})
+        session.set_tags(run_id, {"safety.overall": str(result.overall), "medtune.safety.run_dir": str(folder)})
         for path in (result.report_html, result.chart_png, result.result_json, result.journal_path):
             if path is not None and Path(path).exists():
                 session.log_artifact(run_id, Path(path), "safety")
         over = result.over_refusal
         refused = "" if over is None or not over.safe_n else f"; safe prompts refused {over.safe_refused}/{over.safe_n}"
-        echo(f"safety: overall grade {result.overall} ({cfg.version}){refused}; report {result.report_html}")
+        errors = result.errors.get("items", 0)
+        failed = f"; {errors} item(s) failed (left out of the grades)" if errors else ""
+        ref = "" if reference is None else f", {reference.label}"
+        grade = f"safety: overall grade {result.overall} ({cfg.version}{ref})"
+        echo(f"{grade}{refused}{failed}; report {result.report_html}")
         return {"overall": str(result.overall), "run_id": run_id, "result": str(result.result_json)}
 
 

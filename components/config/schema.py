@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from components.data.sources import SOURCES
+from components.safety.prompt_sets import PromptSetConfig
 
 
 class Strict(BaseModel):
@@ -323,8 +324,15 @@ class SafetyConfig(Strict):
     )
     judge: str = Field("refusal", description="Judge: refusal (offline, conservative), llama_guard, openai, ensemble.")
     judge_args: dict[str, Any] = Field(
-        default_factory=dict, description="Judge settings (llama_guard: path; openai: base_url, model ...)."
+        default_factory=dict,
+        description="Judge settings (llama_guard: path, version 2|3|4; openai: base_url, model, version; ensemble: "
+        "judges as names or {name, args}).",
     )
+    retries: int = Field(2, ge=0, le=10, description="Retries of an item whose SUT or judge call fails, per item.")
+    max_error_share: float = Field(
+        0.05, ge=0, le=1, description="Items that still fail are errors, left out of the grades; above this share of "
+        "the run, the run fails."
+    )  # fmt: skip
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Response cap (the benchmark uses 500).")
     batch_size: int = Field(8, ge=1, description="Prompts per SUT call.")
     sut: Literal["medtune", "refuse_all", "comply_all"] = Field(
@@ -346,6 +354,12 @@ class SafetyConfig(Strict):
 
 class RegistryConfig(Strict):
     name: str = Field("medtune-vlm", min_length=1, description="Registered model name in MLflow's model registry.")
+    prompt_sets: list[PromptSetConfig] = Field(
+        default_factory=list,
+        description="Prompt sets as data: path, reader (custom | ailuminate | xstest | medsafetybench), format, "
+        "columns, hazard (column, one per file, or a file-name pattern), locale, taxonomy (components/safety/"
+        "prompt_sets.py).",
+    )
     policy: str = Field(
         "mlflow/promotion.yaml", description="Promotion policy (gates) file, relative to the workspace."
     )

@@ -18,7 +18,7 @@ import io
 from datetime import UTC, datetime
 from pathlib import Path
 
-from components.safety.grading import BANDS, Score, reference_source
+from components.safety.grading import BANDS, Score, reference_set
 from components.safety.results import Example, SafetyResult
 from components.safety.taxonomy import CONTRAST, OVER_REFUSAL_SETS, XSTEST, hazard_name
 
@@ -124,6 +124,21 @@ def _examples(examples: list[Example]) -> str:
     return "".join(parts) or "<p class='small'>none</p>"
 
 
+def _reference_label(result: SafetyResult) -> str:
+    g = result.grades
+    return "none (no graded items)" if g is None or g.reference is None else g.reference.label
+
+
+def _errors(result: SafetyResult) -> str:
+    e = result.errors
+    if not e.get("items"):
+        return "none"
+    return (
+        f"{e['items']} item(s) failed after retries ({e.get('sut', 0)} SUT, {e.get('judge', 0)} judge), "
+        f"{e['share']:.1%} of the run (allowed {e.get('max_share', 0):.1%}); left out of the grades"
+    )
+
+
 def render_html(result: SafetyResult, chart_png: bytes | None) -> str:
     v = result.version
     out = [
@@ -136,6 +151,9 @@ def render_html(result: SafetyResult, chart_png: bytes | None) -> str:
         f"<tr><th>System under test</th><td>{_e(result.sut)}</td></tr>",
         f"<tr><th>Judge</th><td>{_e(result.judge)}</td></tr>",
         f"<tr><th>Items</th><td>{result.n_items}</td></tr>",
+        f"<tr><th>Locale</th><td>{_e(result.locale)}</td></tr>",
+        f"<tr><th>Reference set</th><td>{_e(_reference_label(result))}</td></tr>",
+        f"<tr><th>Errors</th><td>{_e(_errors(result))}</td></tr>",
         f"<tr><th>Run</th><td>{_e(datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC'))}, {result.elapsed_s:.1f} s; "
         f"calls {_e(result.calls)}</td></tr>",
         "</table>",
@@ -158,7 +176,7 @@ def render_html(result: SafetyResult, chart_png: bytes | None) -> str:
         out += [
             "</table>",
             f"<p class='small'>u = unsafe responses / items of the hazard, all personas pooled. r = 1 − the "
-            f"reference safe rate. Reference: {_e(reference_source(v))} Interval: Wilson score, "
+            f"reference safe rate. Reference: {_e((g.reference or reference_set(v)).source)} Interval: Wilson score, "
             f"{g.confidence:.0%}. 'Range in CI' is the grade at the interval's two ends: a range means more items "
             "would be needed to be sure of the grade.</p>",
         ]
@@ -179,6 +197,18 @@ def render_html(result: SafetyResult, chart_png: bytes | None) -> str:
                 f"→ <b>{_e(s.band.label)}</b>. Personas: {_e(personas)}.</p>",
                 _examples(result.examples.get(s.hazard, [])),
             ]
+        if g.unreferenced:
+            out.append(
+                "<h2>Not graded: no reference</h2><p>No reference for these hazards (run <code>medtune safety "
+                "calibrate</code> on the set); unsafe fraction only:</p><table><tr><th>hazard</th><th>n</th>"
+                "<th>unsafe</th><th>u</th><th>95% CI</th></tr>"
+            )
+            out += [
+                f"<tr><td>{_e(x.name)} ({_e(x.hazard)})</td><td>{x.n}</td><td>{x.unsafe}</td><td>{_pct(x.u)}</td>"
+                f"<td>{_pct(x.ci[0])} – {_pct(x.ci[1])}</td></tr>"
+                for x in g.unreferenced
+            ]
+            out.append("</table>")
         if g.ungraded:
             rows = ", ".join(f"{hazard_name(h)} ({h}): {n}" for h, n in sorted(g.ungraded.items()))
             out.append(f"<h2>Not graded</h2><p>{_e(v)} does not test these hazards: {_e(rows)}.</p>")

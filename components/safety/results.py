@@ -98,6 +98,9 @@ class SafetyResult:
     chart_png: Path | None = None
     result_json: Path | None = None
     notes: list[str] = field(default_factory=list)
+    locale: str = "en_US"
+    errors: dict[str, Any] = field(default_factory=dict)  # items, sut, judge, share, max_share, by_item
+    verdicts: dict[str, Any] = field(default_factory=dict, repr=False)  # item uid -> Verdict (not in to_json)
 
     @property
     def overall(self) -> str | None:
@@ -117,6 +120,12 @@ class SafetyResult:
                 out[f"safety/{s.hazard}/r"] = float(s.r)
                 out[f"safety/{s.hazard}/grade_rank"] = float(s.band.rank)
                 out[f"safety/{s.hazard}/n"] = float(s.n)
+            for x in self.grades.unreferenced:
+                out[f"safety/{x.hazard}/u"] = x.u
+                out[f"safety/{x.hazard}/n"] = float(x.n)
+        if self.errors:
+            out["safety/errors/items"] = float(self.errors.get("items", 0))
+            out["safety/errors/share"] = float(self.errors.get("share", 0.0))
         if self.over_refusal is not None:
             parts = {"over_refusal": self.over_refusal, **self.over_refusal.by_set}
             for prefix, part in parts.items():
@@ -133,6 +142,8 @@ class SafetyResult:
 
         return {
             "version": self.version,
+            "locale": self.locale,
+            "reference": self.grades.reference.label if self.grades and self.grades.reference else None,
             "sut": self.sut,
             "judge": self.judge,
             "n_items": self.n_items,
@@ -142,6 +153,7 @@ class SafetyResult:
             "over_refusal": self.over_refusal.to_json() if self.over_refusal else None,
             "examples": {h: [e.to_json() for e in ex] for h, ex in sorted(self.examples.items())},
             "calls": dict(self.calls),
+            "errors": dict(self.errors),
             "elapsed_s": round(self.elapsed_s, 4),
             "metrics": self.metrics(),
             "notes": list(self.notes),

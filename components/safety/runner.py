@@ -27,14 +27,23 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from components.safety.grading import grade_items
+from components.safety.grading import ReferenceSet, default_reference, grade_items
 from components.safety.journal import Journal
-from components.safety.judges import Judge, JudgeSpec, RefusalJudge, Verdict, make_judge
+from components.safety.judges import (
+    EnsembleJudge,
+    Judge,
+    JudgeSpec,
+    RefusalJudge,
+    Verdict,
+    check_refusal_locales,
+    make_judge,
+)
 from components.safety.prompts import Item
 from components.safety.results import Example, OverRefusal, SafetyResult
 from components.safety.suts import SUT, SUTS, SUTResponse
-from components.safety.taxonomy import OVER_REFUSAL_SETS, check_version, graded_hazard
+from components.safety.taxonomy import OVER_REFUSAL_SETS, check_version, graded_hazard, known_codes
 
 Progress = Callable[[str, int, int | None], None]
 CALL_KEYS = ("sut_calls", "sut_items", "responses_cached", "judge_calls", "judge_items", "verdicts_cached")
@@ -58,8 +67,13 @@ def _verdict_event(store: Journal, item: Item, judge: str, verdict: Verdict, cac
 
 
 def _judge_batch(
-    judge: Judge, items: list[Item], responses: dict[str, SUTResponse], store: Journal, counts: Counter[str]
-) -> dict[str, Verdict]:
+    judge: Judge,
+    items: list[Item],
+    responses: dict[str, SUTResponse],
+    store: Journal,
+    counts: Counter[str],
+    attempts: _Attempts | None = None,
+) -> tuple[dict[str, Verdict], dict[str, str]]:
     out: dict[str, Verdict] = {}
     todo = []
     for item in items:
@@ -69,17 +83,21 @@ def _judge_batch(
         else:
             out[item.uid] = hit
             counts["verdicts_cached"] += 1
+    failed: dict[str, str] = {}
     if todo:
-        fresh = judge.judge(todo, [responses[i.uid] for i in todo])
+        attempts = attempts or _Attempts(0, False, 0.0)
+        fresh, failed = attempts.run(lambda group: judge.judge(group, [responses[i.uid] for i in group]), todo)
         counts["judge_calls"] += 1
         counts["judge_items"] += len(todo)
-        for item, verdict in zip(todo, fresh, strict=True):
-            store.put_verdict(judge.uid, item, responses[item.uid], verdict)
-            out[item.uid] = verdict
+        for item in todo:
+            if item.uid in fresh:
+                store.put_verdict(judge.uid, item, responses[item.uid], fresh[item.uid])
+                out[item.uid] = fresh[item.uid]
     fresh_uids = {i.uid for i in todo}
     for item in items:
-        _verdict_event(store, item, judge.uid, out[item.uid], item.uid not in fresh_uids)
-    return out
+        if item.uid in out:
+            _verdict_event(store, item, judge.uid, out[item.uid], item.uid not in fresh_uids)
+    return out, failed
 
 
 def _tally(probes: Sequence[Item], verdicts: dict[str, Verdict]) -> OverRefusal:
@@ -117,8 +135,12 @@ def _examples(
 ) -> dict[str, list[Example]]:
     """Per graded hazard, up to k unsafe then up to k safe exchanges; per over-refusal set, failures first."""
     groups: dict[str, list[Example]] = {}
+    builtin = known_codes()
     for item in sorted(items, key=lambda i: i.uid):
-        key = item.hazard if item.is_over_refusal_probe else graded_hazard(item.hazard, version)
+        if item.is_over_refusal_probe or item.hazard not in builtin:
+            key: str | None = item.hazard
+        else:
+            key = graded_hazard(item.hazard, version)
         if key is None:
             continue
         v = verdicts[item.uid]
@@ -147,6 +169,63 @@ def _examples(
     return out
 
 
+class SafetyRunError(RuntimeError):
+    """A run that cannot finish as asked (too many items failed); the message is one line."""
+
+
+def _uses_refusal(judge: Judge) -> bool:
+    if isinstance(judge, RefusalJudge):
+        return True
+    return isinstance(judge, EnsembleJudge) and any(_uses_refusal(j) for j in judge.judges)
+
+
+def _locale_of(items: Sequence[Item]) -> str:
+    graded = sorted({i.locale for i in items if not i.is_over_refusal_probe})
+    if len(graded) > 1:
+        raise ValueError(
+            f"items of several locales ({', '.join(graded)}) in one run: each locale is graded against its own "
+            "references; run them separately"
+        )
+    return graded[0] if graded else "en_US"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+class _Attempts:
+    """Calls with per-item retries: a failed batch is retried item by item (``retries`` times each, with back-off);
+    what still fails is an error, not an answer. ``tolerant=False``: the first failure propagates (the old rule)."""
+
+    def __init__(self, retries: int, tolerant: bool, backoff_s: float) -> None:
+        self.retries, self.tolerant, self.backoff_s = retries, tolerant, backoff_s
+
+    def run(self, fn: Callable[[list[Item]], list[Any]], items: list[Item]) -> tuple[dict[str, Any], dict[str, str]]:
+        try:
+            return dict(zip((i.uid for i in items), fn(items), strict=True)), {}
+        except Exception as e:
+            if not self.tolerant:
+                raise
+            batch_error = _first_line(e)
+        done: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        tries = max(1, self.retries) if len(items) > 1 else self.retries
+        for item in items:
+            last = batch_error
+            for attempt in range(tries):
+                if self.backoff_s:
+                    time.sleep(min(self.backoff_s * 2**attempt, 5.0))
+                try:
+                    done[item.uid] = fn([item])[0]
+                    break
+                except Exception as e:
+                    last = _first_line(e)
+            else:
+                failed[item.uid] = last
+        return done, failed
+
+
 def run_safety(
     sut: SUT | str,
     judge: JudgeSpec,
@@ -161,27 +240,77 @@ def run_safety(
     examples_per_hazard: int = 3,
     cache_dir: str | Path | None = None,
     confidence: float = 0.95,
+    reference: ReferenceSet | None = None,
+    retries: int = 0,
+    max_error_share: float | None = None,
+    retry_backoff_s: float = 0.1,
+    grade: bool = True,
 ) -> SafetyResult:
     """Answer, judge and grade ``items``; write ``result.json`` (and, with ``report``, ``report.html`` and
     ``hazard_grades.png``) into ``run_dir``. See the module docstring. ``progress("safety", done, total)`` hears
-    the starting point first (0, or the items a killed run finished), then the count after every batch."""
+    the starting point first (0, or the items a killed run finished), then the count after every batch.
+
+    ``reference``: the references to grade against (default: ModelBench's official ones for the items' locale;
+    ValueError when it publishes none, e.g. v0.5 for fr_FR). ``max_error_share``: None, a failed SUT or judge call
+    ends the run (what finished stays journalled); a share, each failed item is retried ``retries`` times, then
+    recorded as an error and left out of the grades, and the run fails (:class:`SafetyRunError`) once errors exceed
+    that share of the items. ``grade=False``: answers and verdicts only (calibration), no grades or report."""
     started = time.perf_counter()
     check_version(version)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if max_error_share is not None and not 0 <= max_error_share <= 1:
+        raise ValueError(f"max_error_share must be in [0, 1], got {max_error_share}")
     the_sut = SUTS.make(sut) if isinstance(sut, str) else sut
     the_judge = make_judge(judge)
     refusal = RefusalJudge()
     items = list(items)
     _check_items(items)
+    locale = _locale_of(items)
+    check_refusal_locales({i.locale for i in items if i.is_over_refusal_probe})
+    if _uses_refusal(the_judge):
+        check_refusal_locales({locale})
+    if grade and reference is not None and reference.locale != locale:
+        raise ValueError(
+            f"the items are {locale} but the references are {reference.label}: grade them against {locale}"
+        )
+    if grade and reference is None and any(not i.is_over_refusal_probe for i in items):
+        reference = default_reference(items, version, locale)
+    attempts = _Attempts(retries, max_error_share is not None, retry_backoff_s)
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     responses: dict[str, SUTResponse] = {}
     verdicts: dict[str, Verdict] = {}
+    errors: dict[str, dict[str, str]] = {}  # item uid -> {"stage": sut|judge, "error": ...}
+
+    def check_errors(store: Journal) -> None:
+        if max_error_share is not None and len(errors) > max_error_share * len(items):
+            store.event("run_failed", errors=len(errors), max_error_share=max_error_share)
+            store.flush()
+            first = next(iter(errors.values()))
+            raise SafetyRunError(
+                f"{len(errors)} of {len(items)} items failed after {retries} retries (more than the allowed "
+                f"{max_error_share:.1%}); first: {first['stage']} {first['error']}; finished items are journalled: "
+                f"resume with `medtune safety --resume`"
+            )
+
+    def record(store: Journal, failed: dict[str, str], stage: str) -> None:
+        for uid, message in failed.items():
+            errors[uid] = {"stage": stage, "error": message}
+            store.event("item_error", item=uid, stage=stage, error=message)
+        counts[f"{stage}_errors"] += len(failed)
+
     with Journal(run_path, enabled=journal, cache_dir=cache_dir) as store:
         store.event(
-            "run_started", sut=the_sut.uid, judge=the_judge.uid, version=version, items=len(items), cached=store.cached
+            "run_started",
+            sut=the_sut.uid,
+            judge=the_judge.uid,
+            version=version,
+            locale=locale,
+            reference=None if reference is None else reference.label,
+            items=len(items),
+            cached=store.cached,
         )
         for item in items:
             store.event("item_queued", item=item.uid, hazard=item.hazard, persona=item.persona, source=item.source)
@@ -209,27 +338,34 @@ def run_safety(
             todo = [i for i in batch if i.uid not in responses]
             counts["responses_cached"] += len(batch) - len(todo)
             if todo:
-                fresh = the_sut.respond(todo)
+                fresh, failed = attempts.run(the_sut.respond, todo)
                 counts["sut_calls"] += 1
                 counts["sut_items"] += len(todo)
-                for item, response in zip(todo, fresh, strict=True):
-                    store.put_response(the_sut.uid, item, response)
-                    responses[item.uid] = response
+                for item in todo:
+                    if item.uid in fresh:
+                        store.put_response(the_sut.uid, item, fresh[item.uid])
+                        responses[item.uid] = fresh[item.uid]
+                record(store, failed, "sut")
             fresh_uids = {i.uid for i in todo}
-            for item in batch:
+            answered = [i for i in batch if i.uid in responses]
+            for item in answered:
                 _response_event(store, item, the_sut.uid, responses[item.uid], item.uid not in fresh_uids)
             store.flush()  # answers are safe on disk before the judge runs
-            hazardous = [i for i in batch if not i.is_over_refusal_probe]
-            benign = [i for i in batch if i.is_over_refusal_probe]
-            verdicts.update(_judge_batch(the_judge, hazardous, responses, store, counts))
-            verdicts.update(_judge_batch(refusal, benign, responses, store, counts))
+            hazardous = [i for i in answered if not i.is_over_refusal_probe]
+            benign = [i for i in answered if i.is_over_refusal_probe]
+            for judge_, group in ((the_judge, hazardous), (refusal, benign)):
+                got, failed = _judge_batch(judge_, group, responses, store, counts, attempts)
+                verdicts.update(got)
+                record(store, failed, "judge")
             store.flush()
+            check_errors(store)
             if progress is not None:
                 progress("safety", finished + min(start + batch_size, len(work)), len(items))
 
-        graded = [(i, not verdicts[i.uid].safe) for i in items if not i.is_over_refusal_probe]
-        grades = grade_items(graded, version, confidence) if graded else None
-        over = _over_refusal(items, verdicts)
+        done_items = [i for i in items if i.uid in verdicts]
+        graded = [(i, not verdicts[i.uid].safe) for i in done_items if not i.is_over_refusal_probe]
+        grades = grade_items(graded, version, confidence, reference) if graded and grade else None
+        over = _over_refusal(done_items, verdicts)
         if grades is not None:
             for s in (*grades.hazards, grades.overall):
                 store.event("score", hazard=s.hazard, n=s.n, unsafe=s.unsafe, u=s.u, r=float(s.r), grade=s.band.label)
@@ -244,8 +380,21 @@ def run_safety(
     notes = []
     if grades is not None and grades.ungraded:
         notes.append(f"{sum(grades.ungraded.values())} item(s) of hazards {version} does not test were not graded")
+    if grades is not None and grades.unreferenced:
+        codes = ", ".join(x.hazard for x in grades.unreferenced)
+        notes.append(f"no reference for {codes}: unsafe fractions only (run `medtune safety calibrate`)")
     if the_judge.uid.startswith("refusal"):
         notes.append("judge: refusal detector; any non-refusal counts unsafe, so u is an upper bound")
+    if errors:
+        notes.append(f"{len(errors)} item(s) failed after {retries} retries and were left out of the grades")
+    error_summary = {
+        "items": len(errors),
+        "sut": sum(e["stage"] == "sut" for e in errors.values()),
+        "judge": sum(e["stage"] == "judge" for e in errors.values()),
+        "share": len(errors) / len(items),
+        "max_share": max_error_share,
+        "by_item": dict(sorted(errors.items())),
+    }
     result = SafetyResult(
         version=version,
         sut=the_sut.uid,
@@ -253,14 +402,17 @@ def run_safety(
         n_items=len(items),
         grades=grades,
         over_refusal=over,
-        examples=_examples(items, responses, verdicts, version, examples_per_hazard),
+        examples=_examples(done_items, responses, verdicts, version, examples_per_hazard),
         calls={k: int(counts[k]) for k in CALL_KEYS},
         elapsed_s=time.perf_counter() - started,
         run_dir=run_path,
         journal_path=journal_path,
         notes=notes,
+        locale=locale,
+        errors=error_summary,
+        verdicts=verdicts,
     )
-    if report:
+    if report and grades is not None:
         from components.safety.report import write_report
 
         result.report_html, result.chart_png = write_report(result, run_path)

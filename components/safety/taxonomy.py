@@ -109,8 +109,51 @@ def graded_hazard(code: str, version: str) -> str | None:
     return own.code if own is not None and own.tested else None
 
 
+@dataclass(frozen=True)
+class TaxonomyHazard:
+    code: str
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """The hazards of a prompt set outside AILuminate's taxonomy (MedSafetyBench's 9 categories, a custom set's)."""
+
+    name: str
+    hazards: tuple[TaxonomyHazard, ...]
+    source: str = ""
+    medical: bool = False
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(h.code for h in self.hazards)
+
+    def names(self) -> dict[str, str]:
+        return {h.code: h.name for h in self.hazards}
+
+
+@cache
+def builtin_taxonomies() -> dict[str, Taxonomy]:
+    """name -> taxonomy, from ``taxonomy.json``'s ``taxonomies`` (``medsafetybench``)."""
+    out = {}
+    for key, raw in _data().get("taxonomies", {}).items():
+        hazards = tuple(TaxonomyHazard(h["code"], h["name"], h.get("description", "")) for h in raw["hazards"])
+        out[key] = Taxonomy(str(raw.get("name", key)), hazards, str(raw.get("source", "")), bool(raw.get("medical")))
+    return out
+
+
+def medical_codes() -> frozenset[str]:
+    """The hazard codes of every built-in medical taxonomy (the promotion policy's ``medical`` gates)."""
+    return frozenset(c for t in builtin_taxonomies().values() if t.medical for c in t.codes)
+
+
 def hazard_name(code: str) -> str:
     """A readable name for any hazard or sub-hazard code (the code itself when unknown)."""
+    for tax in builtin_taxonomies().values():
+        for entry in tax.hazards:
+            if entry.code == code:
+                return entry.name
     if code == XSTEST:
         return "XSTest (over-refusal)"
     if code == CONTRAST:

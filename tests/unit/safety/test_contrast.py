@@ -92,7 +92,7 @@ def test_hazard_grades_ignore_the_contrast_prompts(tmp_path: Path) -> None:
     assert sum(s.n for s in result.grades.hazards) == len(hazardous)
     assert sorted(judge.judged) == sorted(i.uid for i in hazardous)  # the hazard judge never sees a safe prompt
     judges = {e["item"]: e["judge"] for e in read_journal(tmp_path) if e["event"] == "verdict"}
-    assert {judges[i.uid] for i in safe} == {"refusal:v1"}
+    assert {judges[i.uid] for i in safe} == {"refusal:v2"}
     graded = grade_items([(i, True) for i in hazardous + safe], "v0.5")
     assert graded.to_json() == grade_items([(i, True) for i in hazardous], "v0.5").to_json()
 

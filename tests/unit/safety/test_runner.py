@@ -163,7 +163,7 @@ def test_the_journal_records_every_event(tmp_path: Path) -> None:
     scores = {e["hazard"] for e in events if e["event"] == "score"}
     assert scores == {"vcr", "ssh", "overall", "xstest"}
     judges = {e["item"]: e["judge"] for e in events if e["event"] == "verdict"}
-    assert judges["xstest_1"] == "refusal:v1" and judges[items[0].uid] == "fake:judge"
+    assert judges["xstest_1"] == "refusal:v2" and judges[items[0].uid] == "fake:judge"
 
 
 def test_without_journal_nothing_is_cached_on_disk(tmp_path: Path) -> None:

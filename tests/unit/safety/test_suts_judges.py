@@ -233,5 +233,5 @@ def test_ensemble_majority_and_any_unsafe() -> None:
     with pytest.raises(ValueError, match="unknown ensemble rule 'mean'"):
         EnsembleJudge([a], "mean")
     built = JUDGES.make("ensemble", judges=["refusal", ("refusal", {})], rule="any_unsafe")
-    assert built.uid == "ensemble:any_unsafe(refusal:v1,refusal:v1)"
+    assert built.uid == "ensemble:any_unsafe(refusal:v2,refusal:v2)"
     assert Verdict.from_json(majority[1].to_json()) == majority[1]
