@@ -362,8 +362,13 @@ def export(
     import tempfile
 
     ctx = load_context(config, None, make_state=False)
+    from transformers.utils import logging as hf_logging
+
     from components.tracking.export import ModelNotFound, model_folder
     from components.training.export import ExportError, export_trained
+
+    hf_logging.disable_progress_bar()  # one line per export on the console, not one bar per file loaded
+    hf_logging.set_verbosity_error()
 
     with tempfile.TemporaryDirectory(prefix="medtune-export-") as scratch:
         try:

@@ -71,6 +71,10 @@ def log_model(
     folder = Path(model_dir)
     if not (folder / "trained.json").is_file():
         raise FileNotFoundError(f"{folder} holds no trained.json: not a trained model folder (save_trained)")
+    if blob_store is not None and folder.resolve().is_relative_to(Path(blob_store).resolve().parent):
+        from components.blobs import intern
+
+        intern(folder, blob_store)  # medtune's own work folder (never a user's): its weights become blobs too
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,

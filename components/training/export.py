@@ -106,7 +106,7 @@ def user_base(loaded: _Loaded, base: str | None = None) -> str:
     return str((vlm.get("args") or {}).get("lm_path") or "")
 
 
-def _fresh_root(loaded: _Loaded) -> nn.Module:
+def _fresh_root(loaded: _Loaded) -> Any:
     """The untrained base as the user loads it: the whole VLM, or the causal LM; vocabulary grown to the trained
     model's rows (the values of new rows do not matter: the trained ones come from ``modules_to_save``)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -128,7 +128,8 @@ def _fresh_root(loaded: _Loaded) -> nn.Module:
 
 def _shell(loaded: _Loaded) -> nn.Module:
     """The module the pipeline's plugins wrap (its names are the adapter's keys)."""
-    return loaded.peft_lm.get_base_model()  # type: ignore[no-any-return]
+    shell: nn.Module = loaded.peft_lm.get_base_model()
+    return shell
 
 
 def _renamer(loaded: _Loaded) -> dict[str, str]:
@@ -167,7 +168,7 @@ def _rename_key(key: str, renames: dict[str, str]) -> str:
     raise ExportError(f"adapter key {key!r} names no module of the language model")
 
 
-def _trained_modules(loaded: _Loaded, root: nn.Module, task: str) -> dict[str, nn.Module]:
+def _trained_modules(loaded: _Loaded, root: Any, task: str) -> dict[str, nn.Module]:
     """Root module name -> the pipeline's trained module, for every non-plugin module the stages changed that
     ``task`` uses: word embeddings and output head (stage 2), a whole VLM's comprehension projector (stages 1, 3)."""
     lm = loaded.peft_lm
@@ -189,13 +190,13 @@ def _trained_modules(loaded: _Loaded, root: nn.Module, task: str) -> dict[str, n
     return out
 
 
-def _vlm_projector(loaded: _Loaded, root: nn.Module) -> nn.Module:
+def _vlm_projector(loaded: _Loaded, root: Any) -> nn.Module:
     """The fresh VLM's projector: the module at the name the pipeline VLM keeps its comprehension projector."""
     in_vlm = {id(m): n for n, m in loaded.model.hf_model.named_modules()}
     return root.get_submodule(in_vlm[id(loaded.model.projectors["comprehension"])])
 
 
-def _peft_for(loaded: _Loaded, root: nn.Module, task: str, *, base: str, with_trained: bool) -> Any:
+def _peft_for(loaded: _Loaded, root: Any, task: str, *, base: str, with_trained: bool) -> Any:
     """A ``PeftModel`` on ``root`` whose adapter "default" is the pipeline's ``task`` plugin (renamed targets,
     same weights) and, when ``with_trained``, whose ``modules_to_save`` hold the trained non-plugin modules."""
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -218,7 +219,7 @@ def _peft_for(loaded: _Loaded, root: nn.Module, task: str, *, base: str, with_tr
     renamed = {_rename_key(k, renames): v for k, v in state.items()}
     for name, module in trained.items():  # saved as peft saves modules_to_save: the module's own keys
         renamed.update({f"base_model.model.{name}.{k}": v for k, v in module.state_dict().items()})
-    result = set_peft_model_state_dict(model, renamed, adapter_name="default")
+    result: Any = set_peft_model_state_dict(model, renamed, adapter_name="default")
     if result.unexpected_keys:
         raise ExportError(f"the {task} plugin does not fit the base: unexpected keys {result.unexpected_keys[:3]}")
     return model.eval()
