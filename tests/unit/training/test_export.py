@@ -252,3 +252,19 @@ def test_merged_whole_vlm_loads_with_plain_transformers(
     plain = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     got = _plain_transformers_logits(out, plain, "AutoModelForImageTextToText", tmp_path)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_hf_folder_of_a_whole_vlm_loads_as_one_and_reproduces_its_logits(
+    llava: tuple[Path, Path], toy_dataset: Path, toy_vq: Path, tmp_path: Path
+) -> None:
+    _, base = llava
+    folder = _trained_folder(base, toy_vq, tmp_path / "model", "hlora")
+    out = export_trained(folder, tmp_path / "hf", "hf")
+    batch = _vlm_batch(folder, toy_dataset)
+    with torch.no_grad():
+        want = load_trained(folder)(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    vlm = AutoModelForImageTextToText.from_pretrained(str(out))  # the trained projector and rows are in it
+    model = PeftModel.from_pretrained(vlm, str(out / "adapters" / "comprehension")).eval()
+    with torch.no_grad():
+        got = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}).logits
+    assert torch.equal(got, want)
