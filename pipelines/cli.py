@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -62,21 +62,51 @@ app.add_typer(config_app, name="config")
 app.add_typer(import_app, name="import")  # medtune import healthgpt
 
 
-@app.command()
-def run(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = None) -> None:
-    """Run the retrain flow (Prefect) on the config: data -> validate (-> later stages)."""
-    ctx = load_context(config, overrides, wait=wait)
-    from pipelines.dvc_ops import DvcError
-    from pipelines.retrain import retrain
-    from pipelines.stages import StageFailed
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Processes to train with (torchrun on this machine; needs train.distributed ddp or fsdp). Rank 0 runs "
+        "the flow, MLflow, DVC and the registry; the others train the same stages (pipelines/ranks.py).",
+    ),
+]
 
-    console.print(
-        f"[bold]medtune run[/] workspace {ctx.workspace}  config {ctx.config_path.name} (hash {ctx.config_hash})"
-    )
+
+def _launch(command: str, nproc: int, config: Path | None, overrides: list[str] | None) -> None:
+    """``--nproc N`` outside torchrun: check the config (exit 2, nothing started), then start N processes of the
+    same command line and exit with their code."""
+    from pipelines.context import resolve
+    from pipelines.ranks import check_config, launch, strip_nproc
+
     try:
-        refs = retrain(workspace=str(ctx.workspace), config=str(ctx.config_path), overrides=list(overrides or []))
-    except (StageFailed, DvcError) as e:
-        raise fail(1, str(e)) from None
+        check_config(resolve(config, overrides, make_state=False).config.train.distributed, nproc, nproc=nproc)
+    except ConfigError as e:
+        raise fail(2, f"config error: {e}") from None
+    code = launch(command, nproc, strip_nproc(sys.argv[sys.argv.index(command) + 1 :]))
+    if code:
+        raise fail(code, f"medtune {command} --nproc {nproc}: failed (exit {code}); the ranks' messages are above")
+    raise typer.Exit(0)
+
+
+@app.command()
+def run(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = None, nproc: NprocOpt = 1) -> None:
+    """Run the retrain flow (Prefect) on the config: data -> validate (-> later stages)."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch("run", nproc, config, overrides)
+    ctx = load_context(config, overrides, wait=wait)
+    with _ranks_or_exit(ctx):  # several processes: only rank 0 goes on (pipelines/ranks.py)
+        from pipelines.dvc_ops import DvcError
+        from pipelines.retrain import retrain
+        from pipelines.stages import StageFailed
+
+        console.print(
+            f"[bold]medtune run[/] workspace {ctx.workspace}  config {ctx.config_path.name} (hash {ctx.config_hash})"
+        )
+        try:
+            refs = retrain(workspace=str(ctx.workspace), config=str(ctx.config_path), overrides=list(overrides or []))
+        except (StageFailed, DvcError) as e:
+            raise fail(1, str(e)) from None
     console.print(
         f"[green]retrain finished[/]: MLflow run {refs['run_id']} (experiment {refs['experiment_id']}), "
         f"data version {refs['data']['data_version']}"
@@ -86,14 +116,28 @@ def run(config: ConfigOpt = None, overrides: Overrides = None, wait: WaitOpt = N
     )
 
 
+def _ranks_or_exit(ctx: Any) -> Any:
+    """pipelines.ranks.ranks for this command; a config that does not fit the processes exits 2."""
+    from pipelines.ranks import check_config, ranks
+
+    try:
+        check_config(ctx.config.train.distributed, int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as e:
+        raise fail(2, f"config error: {e}") from None
+    return ranks(ctx, lambda line: console.print(line, markup=False))
+
+
 @app.command()
 def train(
     config: ConfigOpt = None,
     overrides: Overrides = None,
     wait: WaitOpt = None,
     stage: Annotated[str, typer.Option(help="1, 2, 3, all (the three in order) or mixed (the ablation).")] = "all",
+    nproc: NprocOpt = 1,
 ) -> None:
     """Train on the built dataset: base bootstrap, VQ tokenizer, HealthGPT's stages; then evaluate."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch("train", nproc, config, overrides)
     ctx = load_context(config, overrides, wait=wait)
     from components.config.loader import apply_override
     from pipelines.stages import base_stage, evaluate_stage, train_stage
@@ -113,7 +157,7 @@ def train(
     dataset = ctx.path(ctx.config.data.out)
     if not (dataset / "records.jsonl").exists():
         raise fail(1, f"no dataset at {dataset}: run `medtune data build` (or `medtune run`) first")
-    with flow_run(ctx, "train") as (ctx, parent):
+    with _ranks_or_exit(ctx), flow_run(ctx, "train") as (ctx, parent):
         base = base_stage(ctx, parent, console.print)
         trained = train_stage(ctx, parent, console.print, base_dir=base["base_dir"])
         evaluate_stage(ctx, parent, console.print, model_dir=trained["model_dir"])

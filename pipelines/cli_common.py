@@ -47,6 +47,10 @@ WRITERS = frozenset(
 )  # fmt: skip
 
 
+#: The commands that run as several processes (``--nproc N`` or under torchrun; pipelines/ranks.py).
+DISTRIBUTED = frozenset({"run", "train"})
+
+
 #: Prefect's loggers for flow and task runs: they report a failed stage (the task's and the flow's exception with
 #: a traceback each, and both final states).
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -124,6 +128,11 @@ def load_context(
     except WorkspaceError as e:
         raise fail(2, f"error: {e}") from None
     command = _command_name()
+    if command in WRITERS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if command not in DISTRIBUTED:  # issue 20: only the training commands run as several processes
+            raise fail(2, f"error: medtune {command} runs in one process; under torchrun: medtune run or train")
+        if int(os.environ.get("RANK", "0")) != 0:
+            return ctx  # rank 0 holds the workspace for all ranks (pipelines/ranks.py)
     if command in WRITERS:
         hold_workspace(ctx, f"medtune {command}", wait)
     return ctx

@@ -74,7 +74,11 @@ def apply_threads(ctx: Context) -> dict[str, int]:
     Returns the figures as MLflow params of the command's parent run."""
     from components import runtime
 
-    return {"runtime.cpus": runtime.usable_cpus(), "runtime.threads": runtime.apply_threads(ctx.config.train.threads)}
+    threads = ctx.config.train.threads
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: the processes of this machine share its CPUs
+    if threads is None and local > 1:
+        threads = max(1, runtime.usable_cpus() // local)
+    return {"runtime.cpus": runtime.usable_cpus(), "runtime.threads": runtime.apply_threads(threads)}
 
 
 def model_path(cfg: MedtuneConfig, workspace: Path) -> Path | None:

@@ -18,6 +18,7 @@ from typing import Any
 from components.tracking import TrackingSession
 from pipelines.context import Context
 from pipelines.dvc_ops import configure_remote, dvc, ensure_repo, output_hash, stage_reused, tracked_hash
+from pipelines.ranks import lockstep
 
 RAW_DVC_FILE = "data.dvc"
 REPORTS = "reports"
@@ -488,16 +489,20 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
             base_dir, how = _checkpoint_base(ctx, args)
         else:
             with _metrics_logger(session, run_id) as log, stage_progress(ctx, "base", echo) as progress:
-                base_dir = bootstrap_base(
-                    dataset,
-                    ctx.state.root / "models",
-                    args=args,
-                    vocab_size=ctx.config.model.lm.vocab_size,
-                    steps=b.steps,
-                    batch_size=b.batch_size,
-                    lr=b.lr,
-                    vision_warmup=b.vision_warmup,
-                    seed=ctx.config.seed,
+                base_dir = lockstep(  # with several processes, every rank trains it (pipelines/ranks.py)
+                    "base",
+                    bootstrap_base,
+                    {
+                        "dataset_dir": dataset,
+                        "out_dir": ctx.state.root / "models",
+                        "args": args,
+                        "vocab_size": ctx.config.model.lm.vocab_size,
+                        "steps": b.steps,
+                        "batch_size": b.batch_size,
+                        "lr": b.lr,
+                        "vision_warmup": b.vision_warmup,
+                        "seed": ctx.config.seed,
+                    },
                     on_metrics=log,
                     progress=progress.phase("training"),
                     warmup_progress=progress.phase("vision warm-up"),
@@ -678,9 +683,9 @@ def train_stage(
         session.log_dict(run_id, pattern, "rank_pattern.json")
         started = time.perf_counter()
         with _metrics_logger(session, run_id) as log, stage_progress(ctx, "train", echo) as progress:
-            result = train_recipe(
-                ctx.path(cfg.data.out),
-                work,
+            plain = dict(  # with several processes, every rank trains (pipelines/ranks.py): plain values only
+                dataset_dir=ctx.path(cfg.data.out),
+                work_dir=work,
                 model_args=args,
                 base_dir=base_dir,
                 vq_config=VQConfig(
@@ -713,10 +718,9 @@ def train_stage(
                 seed=cfg.seed,
                 stages=t.stages,
                 evaluate=False,
-                on_metrics=log,
-                progress=progress.named,
                 device=t.device,
             )
+            result = lockstep("train", train_recipe, plain, on_metrics=log, progress=progress.named)
         session.log_metrics(run_id, {k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
         for curve in result.loss_curves.values():
             session.log_artifact(run_id, Path(curve), "plots")

@@ -291,6 +291,17 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="Several processes (`medtune run --nproc N`, or under `torchrun --nproc_per_node N`): ddp "
+        "(DistributedDataParallel) or fsdp (torch's FSDP2, parameters sharded over the ranks); none: one process.",
+    )
+    rank_timeout_s: float = Field(
+        1800,
+        gt=0,
+        description="Several processes: seconds a rank waits for the others (a collective, or rank 0's next "
+        "training stage) before it fails with an error.",
+    )
     threads: int | None = Field(
         None,
         ge=1,

@@ -62,7 +62,14 @@ from components.models.tokenizer import train_tokenizer
 from components.models.vlm import MedVLM, VLMArgs, build_vlm
 from components.training.data import ImageStore, dataset_fingerprint, read_records, select
 from components.training.distributed import DistEnv, barrier
-from components.training.trainer import MetricsCallback, ProgressCallback, TrainArgs, train_stage
+from components.training.trainer import (
+    MetricsCallback,
+    ProgressCallback,
+    TrainArgs,
+    load_tensors,
+    named_tensors,
+    train_stage,
+)
 
 BASE_FILE = "base.json"
 BOOTSTRAP_VERSION = 4  # bump when the bootstrap's recipe changes: old caches then stop matching
@@ -276,6 +283,13 @@ def bootstrap_base(
         on_metrics=on_metrics,
         progress=progress,
     )
+    if env.sharded:  # FSDP: rank 0 saves a plain model holding the gathered tensors
+        gathered = named_tensors(model, [n for n, _ in model.named_parameters()])  # every rank: a collective
+        if env.is_main:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = build_vlm(args, tokenizer)
+            load_tensors(model, gathered, strict_names=list(gathered))
     if env.is_main:
         tmp = out / f".base-{key}.tmp"
         if tmp.exists():

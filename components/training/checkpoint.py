@@ -103,7 +103,7 @@ def save_checkpoint(
     step: int,
     tensors: Mapping[str, Tensor],
     *,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     scheduler: Any,
     state: Mapping[str, Any],
     rng: Sequence[Mapping[str, Any]],
@@ -119,7 +119,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{checkpoint_name(step)}-", dir=root))
     try:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+        optim = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()  # FSDP: gathered
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
         torch.save({"ranks": list(rng)}, tmp / RNG_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1) + "\n")
         _fsync_tree(tmp)

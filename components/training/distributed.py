@@ -21,12 +21,22 @@ Choices:
   DDP leaves their gradients untouched (None). The trainer also drops any gradient outside the step task's
   trainable set before the optimizer step, so this holds whatever DDP does.
 - **Rank 0 only** saves checkpoints and artifacts and reports metrics; other ranks wait at a barrier.
+- **FSDP** (``strategy="fsdp"``, issue 20): torch's own FSDP2, :func:`torch.distributed.fsdp.fully_shard`, on every
+  repeated block the model names in Hugging Face's ``_no_split_modules`` (decoder and vision layers), then on the
+  whole model; each parameter is a DTensor sharded over the ranks (parameters, gradients and AdamW's moments: 1/N
+  per rank). It shards per parameter, so frozen base weights and trainable adapters live side by side and the
+  stage table can change what trains between stages (FSDP1's flat parameters need ``use_orig_params`` for that).
+  Sharding is in place and stays for the model's lifetime: :func:`full_tensors` gathers what a stage saves (every
+  rank calls it), :func:`load_into` scatters saved tensors back, and a rank that saves or evaluates alone builds a
+  plain model from the gathered tensors (components.training.base / recipe). Checkpoints hold the full optimizer
+  state by parameter name (:func:`optimizer_state`, torch.distributed.checkpoint's state-dict API).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -37,6 +47,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
+#: ``train.distributed``: how several processes share a stage ("none": one process; torchrun then is an error).
+STRATEGIES = ("none", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialized: bool = False  # this module started the process group (and closes it)
+    strategy: str = "ddp"  # "ddp" or "fsdp" (see the module docstring); one process ignores it
 
     @property
     def is_main(self) -> bool:
@@ -56,6 +69,11 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP over several processes: parameters are DTensors between :func:`shard_model` and the model's end."""
+        return self.distributed and self.strategy == "fsdp"
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
@@ -72,20 +90,28 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
-    """A :class:`DistEnv` from torchrun's environment; starts the process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def world_size() -> int:
+    """The number of processes torchrun started (WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0, strategy: str = "ddp") -> DistEnv:
+    """A :class:`DistEnv` from torchrun's environment; starts the process group when WORLD_SIZE > 1. Every
+    collective waits at most ``timeout_s`` for the other ranks, then fails on each rank that waits."""
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    world = world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world <= 1:
-        return DistEnv(device=dev)
+        return DistEnv(device=dev, strategy=strategy)
     started = False
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         started = True
-    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev, initialized=started)
+    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev, initialized=started, strategy=strategy)
 
 
 def close_distributed(env: DistEnv) -> None:
@@ -131,3 +157,97 @@ def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
         return model
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
+    """What the training step calls: DDP around ``model`` (``strategy="ddp"``), the sharded model itself (FSDP:
+    :func:`shard_model` first), or ``model`` with one process."""
+    if env.sharded:
+        return shard_model(model, env)
+    return wrap_ddp(model, env)
+
+
+@contextlib.contextmanager
+def no_sync(wrapped: nn.Module, env: DistEnv) -> Iterator[None]:
+    """Accumulate this micro-batch's gradients locally (no reduction until the step's last micro-batch)."""
+    if isinstance(wrapped, DistributedDataParallel):
+        with wrapped.no_sync():
+            yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    if env.sharded and isinstance(wrapped, FSDPModule):
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+        return
+    yield
+
+
+def shard_model(model: nn.Module, env: DistEnv) -> nn.Module:
+    """FSDP2 over ``env``'s ranks, in place (see the module docstring); a model sharded before is returned as it
+    is, so the stages of one recipe share one sharding. Call after the stage's trainable tensors took their dtype
+    and before the optimizer is built (the parameters become new DTensor objects)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if not env.sharded or isinstance(model, FSDPModule):
+        return model
+    mesh = init_device_mesh(env.device.type, (env.world,))
+    blocks = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
+    for module in list(model.modules())[1:]:  # the repeated blocks first (each all-gathers on its own), then the rest
+        if type(module).__name__ in blocks and not isinstance(module, FSDPModule):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_tensors(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    """The named parameters as whole tensors: a sharded parameter is gathered (a collective: under FSDP every rank
+    calls this at the same point, in the same order), any other is detached as it is."""
+    from torch.distributed.tensor import DTensor
+
+    wanted = set(names)
+    out: dict[str, Tensor] = {}
+    for name, param in model.named_parameters():
+        if name in wanted:
+            out[name] = param.full_tensor().detach() if isinstance(param, DTensor) else param.detach()
+    return out
+
+
+@torch.no_grad()
+def load_into(param: Tensor, value: Tensor) -> None:
+    """Copy a whole saved tensor into a parameter; a sharded one keeps its shard (``distribute_tensor``: every rank
+    calls this for the same parameters in the same order, as for :func:`full_tensors`)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        local = value.to(param.to_local().device, param.dtype)
+        param.copy_(distribute_tensor(local, param.device_mesh, param.placements))
+    else:
+        param.copy_(value.to(param.device, param.dtype))
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv) -> dict[str, Any]:
+    """What a checkpoint stores of the optimizer: its ``state_dict()``, or under FSDP the whole state by parameter
+    name gathered from the shards (every rank calls it; rank 0 receives it)."""
+    if not env.sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return dict(get_optimizer_state_dict(model, optimizer, options=options))
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any], env: DistEnv
+) -> None:
+    """Undo :func:`optimizer_state` (every rank calls it, each with the checkpoint's state)."""
+    if not env.sharded:
+        optimizer.load_state_dict(dict(state))
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, dict(state), options=StateDictOptions(full_state_dict=True))

@@ -74,6 +74,7 @@ from components.training.trainer import (
     StageResult,
     TrainArgs,
     load_tensors,
+    named_tensors,
     train_stage,
 )
 
@@ -243,6 +244,7 @@ def train_recipe(
         progress=_named_progress(progress, "VQ tokenizer") if env.is_main else None,
     )  # fmt: skip
     metrics.update(vq_metrics)
+    metrics.update({"dist/world_size": float(env.world), "dist/fsdp": float(env.sharded)})  # how the stages ran
     timings["time/vq_seconds"] = time.perf_counter() - t1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # plugin init (overwritten on resume, but the same anyway)
@@ -286,6 +288,14 @@ def train_recipe(
     # -- cleanup: save, evaluate ------------------------------------------------------------------------------------
     model_dir = work / MODEL_DIR
     predictions = None
+    if env.sharded:  # FSDP: rank 0 saves (and evaluates) a plain model holding the gathered trained tensors
+        gathered = named_tensors(model, save_names)  # every rank: a collective
+        if env.is_main:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = prepare_model(base, codebook_size=vq.config.codebook_size, adapter=adapter)
+            model.to(env.device)
+            load_tensors(model, gathered, strict_names=save_names)
     if env.is_main:
         save_trained(
             model, model_dir, base_dir=base,
@@ -419,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vq-steps", type=int, default=400)
     ap.add_argument("--no-evaluate", action="store_true")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--distributed", default="ddp", choices=["ddp", "fsdp"], help="under torchrun: DDP or FSDP2")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     ns = ap.parse_args(argv)
     torch.set_num_threads(ns.threads)
@@ -432,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.generation_share is not None:
         share = {"comprehension": 1.0 - ns.generation_share, "generation": ns.generation_share}
         task_mix = {2: share, 3: share, "mixed": share}
-    env = init_distributed(ns.device)
+    env = init_distributed(ns.device, strategy=ns.distributed)
 
     def show(stage: str, step: int, total: int, loss: float | None) -> None:
         if loss is not None and (step == total or step % 25 == 0):

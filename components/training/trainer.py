@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from components.data.records import TASKS, record_images
 from components.models.collate import IGNORE
 from components.training.checkpoint import (
+    OPTIMIZER_FILE,
     STATE_FILE,
     capture_rng,
     latest_checkpoint,
@@ -74,8 +75,14 @@ from components.training.distributed import (
     all_gather_objects,
     all_reduce_sum,
     barrier,
+    full_tensors,
+    load_into,
+    load_optimizer_state,
+    no_sync,
+    optimizer_state,
     shard,
-    wrap_ddp,
+    shard_model,
+    wrap_model,
 )
 from components.training.precision import Precision
 from components.training.stages import StageKey, StageSpec, freeze_for, stage_spec, trainable_parameters
@@ -235,8 +242,8 @@ def switch_plugin(model: nn.Module, task: str) -> None:
 
 
 def named_tensors(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
-    wanted = set(names)
-    return {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+    """The named parameters, whole (under FSDP a collective: every rank calls it, see distributed.full_tensors)."""
+    return full_tensors(model, names)
 
 
 @torch.no_grad()
@@ -253,7 +260,7 @@ def load_tensors(model: nn.Module, tensors: Mapping[str, Tensor], *, strict_name
         param = params[name]
         if param.shape != value.shape:
             raise ValueError(f"{name}: saved shape {tuple(value.shape)}, model shape {tuple(param.shape)}")
-        param.copy_(value.to(param.device, param.dtype))
+        load_into(param, value)  # a sharded (FSDP) parameter keeps its shard of the value
 
 
 def _atomic_save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
@@ -316,6 +323,15 @@ def _check_key(found: str | None, expected: str, where: Path, stage_dir: Path) -
         raise ValueError(
             f"{where} was written by a run with other settings, data or parameters (run key {found}, this run "
             f"{expected}); use another work folder, or delete the stage folder {stage_dir} to train it again"
+        )
+
+
+def _check_sharding(sharded: bool, env: DistEnv, where: Path, stage_dir: Path) -> None:
+    if bool(sharded) != env.sharded:
+        written, now = ("with", "without") if sharded else ("without", "with")
+        raise ValueError(
+            f"{where} was written {written} FSDP (train.distributed), this run trains {now} it; resume it the way it "
+            f"started, or delete the stage folder {stage_dir} to train it again"
         )
 
 
@@ -393,6 +409,7 @@ def train_stage(
     # -- setup ------------------------------------------------------------------------------------------------
     union = freeze_for(model, spec.key)
     precision = Precision.for_model(model, union, env.device, bf16=args.bf16)  # fp32 master weights (issue 20)
+    shard_model(model, env)  # FSDP (train.distributed): before the optimizer, whose parameters become DTensors
     active = {t: trainable_parameters(model, spec.key, t) for t in task_pools}
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -417,7 +434,11 @@ def train_stage(
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is not None:
         _check_key(json.loads((ckpt / STATE_FILE).read_text()).get("run_key"), key, ckpt, out)
-        loaded = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+        _check_sharding(json.loads((ckpt / STATE_FILE).read_text()).get("sharded", False), env, ckpt, out)
+        loaded = load_checkpoint(ckpt, optimizer=None if env.sharded else optimizer, scheduler=scheduler)
+        if env.sharded:  # the whole optimizer state by parameter name, scattered to this rank's shards
+            saved = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True, map_location="cpu")["optimizer"]
+            load_optimizer_state(model, optimizer, saved, env)
         load_tensors(model, loaded.tensors, strict_names=keep_names)
         for t, sampler in samplers.items():
             sampler.load_state_dict(loaded.state["samplers"][t])
@@ -428,7 +449,7 @@ def train_stage(
             restore_rng(loaded.rng[env.rank])
         else:  # another world size: the run goes on, but is no longer bitwise the uninterrupted one
             torch.manual_seed(salt_of(args.seed, spec.key, env.rank, start))
-    ddp = wrap_ddp(model, env)
+    ddp = wrap_model(model, env)  # DDP, or the FSDP-sharded model itself
     autocast = precision.context()
     model.train()
     began = time.perf_counter()
@@ -456,7 +477,7 @@ def train_stage(
             inputs = _to_device(batch, env.device)
             labels = inputs.pop("labels")
             sync = k == len(micro) - 1 or not env.distributed
-            with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:  # type: ignore[operator]
+            with contextlib.nullcontext() if sync else no_sync(ddp, env), autocast:
                 summed = answer_loss_sum(ddp, inputs, labels, per=args.loss)
             precision.backward(summed * (env.world / max(1, tokens)))
             loss_sum += summed.detach().cpu()
@@ -492,11 +513,14 @@ def train_stage(
                 progress(done_steps, args.steps, loss)
         if args.checkpoint_every and done_steps % args.checkpoint_every == 0 and done_steps < args.steps:
             rng = all_gather_objects(capture_rng(), env)
+            tensors = named_tensors(model, keep_names)  # every rank: FSDP gathers the shards
+            optim_state = optimizer_state(model, optimizer, env)
             if env.is_main:
                 state = {
                     "run_key": key,
                     "stage": str(spec.key),
                     "world": env.world,
+                    "sharded": env.sharded,  # the optimizer state by parameter name (FSDP)
                     "samplers": {t: s.state_dict() for t, s in samplers.items()},
                     "losses": losses,
                     "tasks": tasks,
@@ -506,8 +530,8 @@ def train_stage(
                 save_checkpoint(
                     ckpt_dir,
                     done_steps,
-                    named_tensors(model, keep_names),
-                    optimizer=optimizer,
+                    tensors,
+                    optimizer=optim_state,
                     scheduler=scheduler,
                     state=state,
                     rng=rng,
@@ -519,9 +543,10 @@ def train_stage(
     model.eval()
     seconds = seconds_before + time.perf_counter() - began
     curve = None
+    trained = named_tensors(model, keep_names)  # every rank: FSDP gathers the shards
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_save_tensors(named_tensors(model, keep_names), final)
+        _atomic_save_tensors(trained, final)
         if losses:
             curve = save_loss_curve(losses, tasks, out / CURVE_FILE, f"stage {spec.key}: {spec.name}", args.loss)
         meta = {

@@ -1,0 +1,105 @@
+"""`medtune run` as two processes on CPU (gloo), issue 20 item 2: three smoke retrains in one workspace.
+
+1. one process (``train.distributed`` none): data, base, rank search, train, evaluate, safety, register;
+2. ``medtune run --nproc 2 ... train.distributed=ddp`` (the CLI starts torchrun itself);
+3. ``torchrun --nproc_per_node 2 -m pipelines.cli run ... train.distributed=fsdp`` (FSDP2).
+
+Runs 2 and 3 re-use the data, the base and the rank search (no key of theirs holds a ``train`` setting) and train
+the three stages again: ``train.distributed`` is part of the train stage's work-folder key. Each must leave ONE
+parent MLflow run with one child per stage and ONE registered version (rank 0 alone talks to MLflow and the
+registry), and per-stage losses equal to the one-process run's within ``rtol=1e-4, atol=1e-5`` (the tolerance of
+tests/integration/test_training.py: the same global batches and token-normalised loss, so only the float summation
+order differs; adapter dropout 0, since dropout masks are drawn per rank; one torch thread everywhere).
+
+Run::
+
+    .venv/bin/pytest tests/integration/test_distributed_cli.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import BIN, Result, assert_offline, cli_env, free_port, medtune
+from tests.integration.test_registry import relax_quality_floor
+from tests.integration.test_retrain_flow import STAGES
+
+pytestmark = pytest.mark.integration
+
+SMOKE = ["-c", "configs/smoke.yaml", "adapter.dropout=0", "train.threads=1"]
+
+
+def _client(ws: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{ws / '.medtune' / 'mlflow' / 'mlflow.db'}")
+
+
+def _torchrun(args: list[str], ws: Path, env: dict[str, str]) -> Result:
+    cmd = [
+        str(BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), "-m", "pipelines.cli", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _losses(work_dir: str) -> dict[int, list[float]]:
+    return {k: json.loads((Path(work_dir) / f"stage{k}" / "done.json").read_text())["losses"] for k in (1, 2, 3)}
+
+
+@pytest.mark.timeout(2400)  # three smoke retrains, two of them as two processes, on 2 shared cores
+def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, netguard) -> None:
+    ws = make_workspace()
+    env = cli_env(netguard, OMP_NUM_THREADS="1")
+    relax_quality_floor(ws)
+
+    one = medtune(["run", *SMOKE], ws, env, timeout=900)
+    assert one.returncode == 0, one.output
+    ddp = medtune(["run", "--nproc", "2", *SMOKE, "train.distributed=ddp"], ws, env, timeout=900)
+    assert ddp.returncode == 0, ddp.output[-6000:]
+    fsdp = _torchrun(["run", *SMOKE, "train.distributed=fsdp"], ws, env)
+    assert fsdp.returncode == 0, fsdp.output[-6000:]
+    for result in (ddp, fsdp):  # rank 0 alone ran the flow and reported it
+        assert result.stdout.count("retrain finished") == 1, result.stdout
+        assert result.stdout.count("ranks: 2 processes") == 1, result.stdout
+        assert "base: re-used cached base model" in result.stdout
+        assert "rank_search: " in result.stdout and "re-used)" in result.stdout
+
+    client = _client(ws)
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "retrain"]  # no rank made its own
+    experiment = client.get_experiment_by_name("retrain").experiment_id
+    runs = client.search_runs([experiment], max_results=200)
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("medtune.flow") == "retrain"}
+    assert len(parents) == 3 and all(r.info.status == "FINISHED" for r in parents.values())
+    children: dict[str, dict[str, Any]] = {p: {} for p in parents}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent in children:
+            assert r.data.tags["mlflow.runName"] not in children[parent], "a stage logged twice"
+            children[parent][r.data.tags["mlflow.runName"]] = r
+    assert all(set(c) == STAGES for c in children.values()), {p: sorted(c) for p, c in children.items()}
+
+    versions = client.search_model_versions("name='medtune-vlm'")
+    registered_by = {children_of["register"].info.run_id: p for p, children_of in children.items()}
+    assert len(versions) == 3 and {v.run_id for v in versions} == set(registered_by)  # one version per command
+
+    by_strategy = {parents[p].data.params["train.distributed"]: c["train"].data.params["train.work_dir"]
+                   for p, c in children.items()}  # fmt: skip
+    assert set(by_strategy) == {"none", "ddp", "fsdp"} and len(set(by_strategy.values())) == 3
+    runs_of = {parents[p].data.params["train.distributed"]: c["train"].data.metrics for p, c in children.items()}
+    assert {s: (m["dist/world_size"], m["dist/fsdp"]) for s, m in runs_of.items()} == {
+        "none": (1.0, 0.0), "ddp": (2.0, 0.0), "fsdp": (2.0, 1.0)
+    }  # fmt: skip
+    want = _losses(by_strategy["none"])
+    for strategy in ("ddp", "fsdp"):
+        got = _losses(by_strategy[strategy])
+        for stage, losses in want.items():
+            np.testing.assert_allclose(got[stage], losses, rtol=1e-4, atol=1e-5, err_msg=f"{strategy} stage {stage}")
+    assert_offline(netguard)
