@@ -44,9 +44,19 @@ def local_path(location: str) -> Path | None:
 
 
 def _logged_model_id(client: object, uri: str) -> str | None:
-    """The logged model id (``m-...``) a ``models:/`` URI resolves to, or None (a ``runs:/`` URI)."""
+    """The logged model id (``m-...``) a ``models:/`` or ``runs:/<run>/<name>`` URI resolves to, or None."""
     from mlflow.exceptions import MlflowException
 
+    if uri.startswith("runs:/"):
+        run_id, _, name = uri[len("runs:/") :].strip("/").partition("/")
+        try:
+            experiment = client.get_run(run_id).info.experiment_id  # type: ignore[attr-defined]
+            found = client.search_logged_models(  # type: ignore[attr-defined]
+                experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}' AND name = '{name or 'model'}'"
+            )
+        except MlflowException as e:
+            raise ModelNotFound(f"{uri}: {str(e).splitlines()[0]}") from None
+        return str(found[0].model_id) if found else None  # None: an artifact folder of the run, downloaded
     if not uri.startswith("models:/"):
         return None
     rest = uri[len("models:/") :].strip("/")
@@ -93,6 +103,7 @@ def model_folder(uri: str, tracking_uri: str, scratch: Path) -> Path:
         found = trained_folder(path) if path is not None and path.is_dir() else None
         if found is not None:
             return found  # a local artifact store: used in place
+    mlflow.set_tracking_uri(tracking_uri)  # runs:/ and models:/ resolve through the global store as well
     try:
         downloaded = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch), tracking_uri=tracking_uri)
