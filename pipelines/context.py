@@ -125,6 +125,13 @@ def check_model_source(cfg: MedtuneConfig, workspace: Path) -> None:
             raise ConfigError(f"{key}: {folder} is a whole {model_type} VLM; pass it as model.path instead")
         if key == "model.vision.path" and model_type not in ("clip", "clip_vision_model"):
             raise ConfigError(f"{key}: {folder} is a {model_type!r} model, not a CLIP vision checkpoint")
+    if cfg.model.quantize != "none":  # issue 20: a 4-/8-bit base needs CUDA and bitsandbytes
+        from components.models.quantize import QuantizeError, check_quantize
+
+        try:
+            check_quantize(cfg.model.quantize, cfg.train.device)
+        except QuantizeError as e:
+            raise ConfigError(str(e)) from None
 
 
 VLM_TYPES = ("llava", "qwen2_5_vl", "qwen2_vl", "gemma3", "idefics3", "smolvlm", "llava_next", "mllama", "paligemma")

@@ -502,6 +502,7 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
                         "lr": b.lr,
                         "vision_warmup": b.vision_warmup,
                         "seed": ctx.config.seed,
+                        "gradient_checkpointing": ctx.config.train.gradient_checkpointing,
                     },
                     on_metrics=log,
                     progress=progress.phase("training"),
@@ -719,6 +720,8 @@ def train_stage(
                 stages=t.stages,
                 evaluate=False,
                 device=t.device,
+                gradient_checkpointing=t.gradient_checkpointing,
+                quantize=cfg.model.quantize,
             )
             result = lockstep("train", train_recipe, plain, on_metrics=log, progress=progress.named)
         session.log_metrics(run_id, {k: v for k, v in result.metrics.items() if isinstance(v, int | float)})

@@ -175,7 +175,16 @@ class ModelConfig(Strict):
     lm: LMSettings = Field(default_factory=LMSettings, description="Language model.")
     comprehension_layer: int = Field(-2, description="HVP: encoder hidden state read by comprehension.")
     generation_layer: int = Field(1, description="HVP: encoder hidden state read by generation (shallow).")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Weights dtype. bfloat16/float16: the frozen base in that dtype, what trains in float32 "
+        "(master weights) under autocast (components/training/precision.py).",
+    )
+    quantize: Literal["none", "int8", "nf4"] = Field(
+        "none",
+        description="The training stages' frozen language model in 4-bit NF4 (QLoRA) or 8-bit (LLM.int8) through "
+        "bitsandbytes, adapters on the quantized layers; needs a CUDA GPU and `pip install 'medtune[gpu]'`.",
+    )
 
     @model_validator(mode="after")
     def _one_base(self) -> ModelConfig:
@@ -291,6 +300,11 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward instead of keeping them (language model "
+        "and vision tower; transformers' own checkpointing): less memory for about one more forward.",
+    )
     distributed: Literal["none", "ddp", "fsdp"] = Field(
         "none",
         description="Several processes (`medtune run --nproc N`, or under `torchrun --nproc_per_node N`): ddp "

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import (
     AutoModelForCausalLM,
     CLIPVisionConfig,
@@ -198,6 +199,8 @@ class MedVLM(nn.Module):
             raise ValueError(f"projectors lack {sorted(missing)}; one projector per task in {TASKS}")
 
     input_kind = "tensor"  # the collator takes the normalised pixel tensors of make_image_loader
+    # projectors under torch.utils.checkpoint in training (components.models.memory, train.gradient_checkpointing)
+    checkpoint_projectors = False
 
     # -- shapes -------------------------------------------------------------------------------------------------
     @property
@@ -264,7 +267,10 @@ class MedVLM(nn.Module):
                 continue
             idx = torch.tensor(rows, device=pixel_values.device)
             patches = merge_patches(hidden[level[task]][idx, 1:], self.args.merge)  # [:, 1:] drops CLS
-            feats = self.projectors[task](patches)
+            if self.checkpoint_projectors and self.training and torch.is_grad_enabled():
+                feats = checkpoint(self.projectors[task], patches, use_reentrant=False)
+            else:
+                feats = self.projectors[task](patches)
             if out is None:
                 out = feats.new_zeros(len(tasks), *feats.shape[1:])
             out = out.index_copy(0, idx, feats)

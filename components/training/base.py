@@ -58,6 +58,7 @@ from torch import nn
 
 from components.evaluation.vqa import normalize_answer, question_template, reference_of
 from components.models.collate import VLMCollator
+from components.models.memory import enable_gradient_checkpointing
 from components.models.tokenizer import train_tokenizer
 from components.models.vlm import MedVLM, VLMArgs, build_vlm
 from components.training.data import ImageStore, dataset_fingerprint, read_records, select
@@ -218,6 +219,7 @@ def bootstrap_base(
     warmup_progress: ProgressCallback | None = None,
     on_metrics: MetricsCallback | None = None,
     env: DistEnv | None = None,
+    gradient_checkpointing: bool = False,
 ) -> Path:
     """Train (or find cached) the base VLM for ``dataset_dir``; return its folder (a :meth:`MedVLM.save` folder
     plus ``base.json``). See the module docstring. ``warmup_progress`` follows the vision warm-up, ``progress``
@@ -257,6 +259,8 @@ def bootstrap_base(
         torch.manual_seed(seed)
         model: MedVLM = build_vlm(args, tokenizer)
     model.to(env.device)
+    if gradient_checkpointing:  # issue 20; the same weights either way, so not in the cache key
+        enable_gradient_checkpointing(model)  # the whole model trains here, vision tower included
     store = ImageStore(dataset, model.image_size, model.channels)
     collate = VLMCollator(tokenizer, model.num_image_tokens, store.vision, max_length=args.max_positions)
     work = out / f".base-{key}.work"

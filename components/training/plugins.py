@@ -110,8 +110,13 @@ def attach_plugins(model: MedVLM, adapter: AdapterArgs) -> MedVLM:
     return model
 
 
-def prepare_model(base_dir: str | Path, *, codebook_size: int, adapter: AdapterArgs) -> MedVLM:
+def prepare_model(
+    base_dir: str | Path, *, codebook_size: int, adapter: AdapterArgs, quantize: str = "none", device: Any = "cuda"
+) -> MedVLM:
     """Load the base, add the image-code tokens (rows at the mean), attach the two plugins.
+
+    ``quantize`` "int8"/"nf4" puts the language model's adapter targets in 4-/8-bit on ``device`` through
+    bitsandbytes before the plugins wrap them (QLoRA, :mod:`components.models.quantize`).
 
     A base with ``plugins/<task>/`` (``medtune import healthgpt`` writes them) starts that plugin from those weights;
     its rank, experts, alpha and targets then come from the plugin, and an ``adapter`` that contradicts them is a
@@ -127,6 +132,16 @@ def prepare_model(base_dir: str | Path, *, codebook_size: int, adapter: AdapterA
     first_new = len(model.tokenizer)  # rows past the tokenizer are padding (Qwen2.5, Phi-3): new tokens take them
     add_image_code_tokens(model.tokenizer, codebook_size)
     model.resize_token_embeddings_mean(len(model.tokenizer), first_new=first_new)
+    if quantize != "none":
+        import torch
+
+        from components.models.quantize import quantize_language_model
+        from components.training.precision import LOW_PRECISION, base_dtype
+
+        dtype = base_dtype(model)
+        quantize_language_model(
+            model, quantize, device=device, compute_dtype=dtype if dtype in LOW_PRECISION else torch.bfloat16
+        )
     model = attach_plugins(model, adapter)
     load_base_plugins(model.lm, imported)
     return model

@@ -51,6 +51,7 @@ from components.adapters.flix.features import feature_vocabulary
 from components.data.records import TASKS
 from components.evaluation.report import EvalResult, evaluate_model, write_predictions
 from components.models.backend import image_loader, store_size
+from components.models.memory import enable_gradient_checkpointing
 from components.models.vlm import MedVLM, VLMArgs
 from components.models.vq import VQConfig, VQTokenizer, load_dataset_images, train_vq
 from components.training.base import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_VISION_WARMUP, bootstrap_base
@@ -196,12 +197,16 @@ def train_recipe(
     progress: RecipeProgress | None = None,
     device: str = "auto",
     env: DistEnv | None = None,
+    gradient_checkpointing: bool = False,
+    quantize: str = "none",
 ) -> TrainResult:
     """Run the whole training (see the module docstring); every argument is a plain value.
 
     ``stage_steps``/``stage_lr``/``task_mix`` are keyed by stage (1, 2, 3, "mixed"); missing keys take the defaults
     (``"mixed"`` defaults to the sum of the three stages' steps, so the ablation trains as long). ``warmup_steps``
-    None means 5% of each stage's steps. Under torchrun, ``batch_size`` is the global micro-batch."""
+    None means 5% of each stage's steps. Under torchrun, ``batch_size`` is the global micro-batch.
+    ``gradient_checkpointing`` recomputes layer activations in the backward (:mod:`components.models.memory`);
+    ``quantize`` "int8"/"nf4" loads the stages' frozen LM in 4-/8-bit (QLoRA, :mod:`components.models.quantize`)."""
     own_env = env is None
     env = env or init_distributed(device)
     dataset, work = Path(dataset_dir), Path(work_dir)
@@ -228,6 +233,7 @@ def train_recipe(
             on_metrics=on_metrics,
             progress=_named_progress(progress, "base"),
             warmup_progress=_named_progress(progress, "base vision warm-up"),
+            gradient_checkpointing=gradient_checkpointing,
         )  # fmt: skip
     else:
         base = Path(base_dir)
@@ -248,8 +254,12 @@ def train_recipe(
     timings["time/vq_seconds"] = time.perf_counter() - t1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # plugin init (overwritten on resume, but the same anyway)
-        model = prepare_model(base, codebook_size=vq.config.codebook_size, adapter=adapter)
+        model = prepare_model(
+            base, codebook_size=vq.config.codebook_size, adapter=adapter, quantize=quantize, device=env.device
+        )
     model.to(env.device)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     assert model.tokenizer is not None
     pools = record_pools(records, split="train")
     store = ImageStore(dataset, *store_size(model, vq.config.image_size, vq.config.channels))
@@ -431,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--distributed", default="ddp", choices=["ddp", "fsdp"], help="under torchrun: DDP or FSDP2")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward")
+    ap.add_argument("--quantize", default="none", choices=["none", "int8", "nf4"], help="4-/8-bit frozen LM (CUDA)")
     ns = ap.parse_args(argv)
     torch.set_num_threads(ns.threads)
     stage_steps: dict[StageKey, int] = {k: ns.steps for k in (*THREE_STAGES, "mixed")} if ns.steps else {}
@@ -463,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
             stage_lr=stage_lr, task_mix=task_mix, batch_size=ns.batch_size,
             grad_accum=ns.grad_accum, warmup_steps=ns.warmup_steps, checkpoint_every=ns.checkpoint_every,
             seed=ns.seed, stages=ns.stages, evaluate=not ns.no_evaluate, device=ns.device, env=env,
+            gradient_checkpointing=ns.gradient_checkpointing, quantize=ns.quantize,
             progress=show if env.is_main else None,
         )  # fmt: skip
         if env.is_main:

@@ -196,6 +196,12 @@ class Linear(nn.Module, ElaLoraLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         base = self.get_base_layer()
         assert isinstance(base, nn.Linear)  # checked in ElaLoraLayer.__init__
+        from components.models.quantize import is_quantized
+
+        if is_quantized(base):  # adding a delta to packed 4-/8-bit storage would corrupt it (issue 20)
+            raise ValueError(
+                "cannot merge ElaLoRA into a 4-/8-bit base layer (model.quantize); load the base unquantized to merge"
+            )
         for name in adapter_names or list(self.active_adapters):
             if name not in self.elalora_A or name in self.merged_adapters:
                 continue
