@@ -84,6 +84,14 @@ def test_every_family_trains_registers_and_serves(
         names.append(name)
         processors[name] = _processor_class(ckpt)
 
+    for family, name in zip(FAMILIES, names, strict=True):  # issue 20 item 3: adapters for the user's checkpoint
+        out = tmp_path / "export" / family
+        r = medtune(["export", f"models:/{name}@champion", "--format", "peft", "-o", str(out), *SMALL], ws, env)
+        assert r.returncode == 0, r.output[-3000:]
+        config = json.loads((out / "comprehension" / "adapter_config.json").read_text())
+        assert Path(config["base_model_name_or_path"]).resolve() == (tmp_path / "checkpoints" / family).resolve()
+        assert config["peft_type"] == "HLORA" and len(config["modules_to_save"]) == 3  # embeddings, head, projector
+
     again = medtune(["run", *SMALL, f"model.path={tmp_path / 'checkpoints' / 'llava'}", "registry.name=byo-llava",
                      policy], ws, env)  # fmt: skip
     assert again.returncode == 0, again.output[-3000:]

@@ -23,7 +23,7 @@ from components.models.vq import VQTokenizer
 from components.training.export import ExportError, export_trained
 from components.training.plugins import AdapterArgs, load_trained, prepare_model, save_trained
 from components.training.stages import parameter_groups
-from tests.fixtures.tiny_vlms import build_tiny
+from tests.fixtures.tiny_vlms import FAMILIES, build_tiny
 
 FEATURES = {"modality": ["CT", "MRI"]}
 KINDS = ("lora", "hlora", "elalora", "flix")
@@ -217,16 +217,39 @@ def _vlm_batch(folder: Path, toy_dataset: Path) -> dict[str, Any]:
     return dict(model.collator(image_loader(model, store))([record]))
 
 
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the user's checkpoint, medtune's base folder of it) for each whole-VLM family."""
+    from components.models.hf import HFVLM
+
+    root = tmp_path_factory.mktemp(request.param)
+    ckpt = build_tiny(request.param, root / "ckpt")
+    return ckpt, HFVLM.from_checkpoint(ckpt).save(root / "base")
+
+
+def _plain_inputs(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoint's own forward takes: ids, mask, the family's image tensors, and the image-token types
+    Gemma 3 (bidirectional image attention) and Qwen2.5-VL (multimodal RoPE) read."""
+    plain = {k: batch[k] for k in ("input_ids", "attention_mask", *model.family.image_keys) if k in batch}
+    image = (batch["input_ids"] == model.image_token_id).long()
+    if model.family.name == "gemma3":
+        plain["token_type_ids"] = image
+    if model.family.name == "qwen2_5_vl":
+        plain["mm_token_type_ids"] = image
+    return plain
+
+
 def test_peft_on_a_whole_vlm_reproduces_its_logits_with_an_image(
-    llava: tuple[Path, Path], toy_dataset: Path, toy_vq: Path, tmp_path: Path
+    family_base: tuple[Path, Path], toy_dataset: Path, toy_vq: Path, tmp_path: Path
 ) -> None:
-    ckpt, base = llava
+    ckpt, base = family_base
     folder = _trained_folder(base, toy_vq, tmp_path / "model", "hlora")
     out = export_trained(folder, tmp_path / "peft", "peft")
     info = json.loads((out / "export.json").read_text())
     config = json.loads((out / "comprehension" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == info["base"] == str(ckpt)  # the user's checkpoint, not the cache
-    assert "model.multi_modal_projector" in config["modules_to_save"]
+    projector = ("multi_modal_projector", "connector", "visual.merger")  # llava and gemma3, idefics3, qwen2_5_vl
+    assert any(m.endswith(projector) for m in config["modules_to_save"]), config["modules_to_save"]
     batch = _vlm_batch(folder, toy_dataset)
     pipeline = load_trained(folder)
     with torch.no_grad():
@@ -234,9 +257,8 @@ def test_peft_on_a_whole_vlm_reproduces_its_logits_with_an_image(
     user = AutoModelForImageTextToText.from_pretrained(info["base"])
     user.resize_token_embeddings(info["vocab_rows"])
     exported = PeftModel.from_pretrained(user, str(out / "comprehension")).eval()
-    plain = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     with torch.no_grad():
-        got = exported(**plain).logits
+        got = exported(**_plain_inputs(pipeline, batch)).logits
     assert torch.equal(got, want)
 
 
