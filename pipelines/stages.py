@@ -333,9 +333,9 @@ def safety_stage(
     an earlier run's folder to continue (its journal: nothing finished is asked again)."""
     from components.safety import run_safety
     from components.safety.calibration import CalibrationError, run_references
-    from components.safety.judges import UnsupportedLocale
+    from components.safety.judges import UnsupportedLocale, make_judge
     from components.safety.prompt_sets import PromptSetError
-    from components.safety.runner import SafetyRunError
+    from components.safety.runner import SafetyRunError, check_judge_locales
 
     cfg = ctx.config.safety
     session = connect(ctx)
@@ -345,6 +345,7 @@ def safety_stage(
         try:
             sets = safety_sets(ctx)
             items = safety_items(ctx, sets)
+            check_judge_locales(make_judge(judge), items)  # an unknown language is refused before anything runs
             reference = run_references(sets, items, cfg.version, safety_references_dir(ctx))
             with stage_progress(ctx, "safety", echo) as progress:
                 graded = progress.phase(unit="items")
@@ -355,8 +356,8 @@ def safety_stage(
                 )  # fmt: skip
         except (PromptSetError, CalibrationError, UnsupportedLocale, SafetyRunError) as e:
             raise StageFailed("safety", str(e)) from None
-        except ValueError as e:  # the runner's and the references' checks: one line each
-            raise StageFailed("safety", str(e).splitlines()[0]) from None
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # the checks' messages: one line each
+            raise StageFailed("safety", (str(e).splitlines() or [type(e).__name__])[0]) from None
         session.log_params(
             run_id,
             {

@@ -179,6 +179,14 @@ def _uses_refusal(judge: Judge) -> bool:
     return isinstance(judge, EnsembleJudge) and any(_uses_refusal(j) for j in judge.judges)
 
 
+def check_judge_locales(judge: Judge, items: Sequence[Item]) -> None:
+    """UnsupportedLocale when the refusal detector (the judge, an ensemble member, or the over-refusal probes'
+    judge) would read items of a locale it has no refusal patterns for."""
+    check_refusal_locales({i.locale for i in items if i.is_over_refusal_probe})
+    if _uses_refusal(judge):
+        check_refusal_locales({i.locale for i in items})
+
+
 def _locale_of(items: Sequence[Item]) -> str:
     graded = sorted({i.locale for i in items if not i.is_over_refusal_probe})
     if len(graded) > 1:
@@ -267,9 +275,7 @@ def run_safety(
     items = list(items)
     _check_items(items)
     locale = _locale_of(items)
-    check_refusal_locales({i.locale for i in items if i.is_over_refusal_probe})
-    if _uses_refusal(the_judge):
-        check_refusal_locales({locale})
+    check_judge_locales(the_judge, items)
     if grade and reference is not None and reference.locale != locale:
         raise ValueError(
             f"the items are {locale} but the references are {reference.label}: grade them against {locale}"
