@@ -89,8 +89,12 @@ def _load(model_dir: Path) -> _Loaded:
     meta_file = model_dir / "trained.json"
     if not meta_file.is_file():
         raise ExportError(f"{model_dir} holds no trained.json: not a trained medtune model folder")
-    meta = json.loads(meta_file.read_text())
-    model = load_trained(model_dir)
+    try:
+        meta = json.loads(meta_file.read_text())
+        model = load_trained(model_dir)
+    except (OSError, ValueError, KeyError) as e:  # a damaged or foreign folder: one line, not a traceback
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"{model_dir}: cannot load the trained model ({reason})") from None
     return _Loaded(model, model_dir, meta, whole_vlm=getattr(model, "input_kind", "tensor") == "pil")
 
 
