@@ -7,7 +7,9 @@ CPU), the quantized layers with every adapter method on them. Run::
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +119,21 @@ def test_every_adapter_method_trains_on_a_4bit_base(kind: str) -> None:
         layer = next(m for m in model.lm.modules() if isinstance(m, ElaLinear))
         with pytest.raises(ValueError, match="cannot merge ElaLoRA into a 4-/8-bit base layer"):
             layer.merge()
+
+
+def test_the_command_refuses_quantize_before_any_data_work(tmp_path: Path) -> None:
+    """`medtune train ... model.quantize=nf4` on this CPU machine: exit 2, one line naming the key, nothing built."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine accepts model.quantize")
+    repo = Path(__file__).resolve().parents[3]
+    medtune = Path(sys.executable).parent / "medtune"
+    run = subprocess.run(
+        [str(medtune), "train", "-c", str(repo / "configs" / "smoke.yaml"), "model.quantize=nf4"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert lines == [
+        "config error: model.quantize: nf4 loads the frozen base in 4-bit through bitsandbytes on a CUDA GPU, but "
+        "this machine has no CUDA device; set model.quantize: none"
+    ]
