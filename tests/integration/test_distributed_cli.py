@@ -18,17 +18,23 @@ Run::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
+import torch
 
 from tests.integration.conftest import BIN, Result, assert_offline, cli_env, free_port, medtune
 from tests.integration.test_registry import relax_quality_floor
 from tests.integration.test_retrain_flow import STAGES
+from tests.integration.test_training import ENV, recipe_args, toy, trained_tensors  # noqa: F401  (toy: the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +109,50 @@ def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, 
         for stage, losses in want.items():
             np.testing.assert_allclose(got[stage], losses, rtol=1e-4, atol=1e-5, err_msg=f"{strategy} stage {stage}")
     assert_offline(netguard)
+
+
+def test_a_killed_fsdp_run_resumes_from_its_checkpoint_like_an_uninterrupted_one(toy: Any, tmp_path: Path) -> None:  # noqa: F811
+    """FSDP checkpoints hold the whole optimizer state by parameter name (gathered from the shards) and every
+    rank's RNG: two processes SIGKILLed mid-stage and started again end where an uninterrupted run ends, bit for
+    bit (the recipe command, a tiny model; dropout on, so the per-rank RNG restore counts too)."""
+    stages = ("--stage-steps", "1=24,2=4,3=4", "--checkpoint-every", "4", "--dropout", "0.1", "--lr", "5e-3")
+
+    def command(out: Path) -> list[str]:
+        return [
+            str(BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), *recipe_args(toy, out, *stages, "--distributed", "fsdp"),
+        ]  # fmt: skip
+
+    straight = subprocess.run(command(tmp_path / "straight"), env=ENV, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = killed / "stage1" / "checkpoints"
+    deadline = time.monotonic() + 240
+    try:
+        while not (ckpts.is_dir() and any(p.name.startswith("step-") for p in ckpts.iterdir())):
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared within 240 s"
+            time.sleep(0.02)
+    finally:  # torchrun starts each rank in a session of its own: SIGKILL the ranks, then torchrun
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(signal.SIGKILL)
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not (killed / "stage1" / "done.json").exists(), "killed after stage 1 finished: not a mid-stage kill"
+    state = json.loads(next(ckpts.glob("step-*/state.json")).read_text())
+    assert state["sharded"] is True and state["world"] == 2
+
+    again = subprocess.run(command(killed), env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    meta = json.loads((killed / "stage1" / "done.json").read_text())
+    assert meta["resumed_from"] is not None
+    for stage in (1, 2, 3):
+        a = json.loads((tmp_path / "straight" / f"stage{stage}" / "done.json").read_text())
+        b = json.loads((killed / f"stage{stage}" / "done.json").read_text())
+        assert a["losses"] == b["losses"], f"stage {stage}"
+    want, got = trained_tensors(tmp_path / "straight"), trained_tensors(killed)
+    assert want.keys() == got.keys() and len(want) > 10
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name
