@@ -80,7 +80,8 @@ def _launch(command: str, nproc: int, config: Path | None, overrides: list[str] 
     from pipelines.ranks import check_config, launch, strip_nproc
 
     try:
-        check_config(resolve(config, overrides, make_state=False).config.train.distributed, nproc, nproc=nproc)
+        cfg = resolve(config, overrides, make_state=False).config
+        check_config(cfg.train.distributed, nproc, nproc=nproc, quantize=getattr(cfg.model, "quantize", "none"))
     except ConfigError as e:
         raise fail(2, f"config error: {e}") from None
     code = launch(command, nproc, strip_nproc(sys.argv[sys.argv.index(command) + 1 :]))
@@ -121,7 +122,8 @@ def _ranks_or_exit(ctx: Any) -> Any:
     from pipelines.ranks import check_config, ranks
 
     try:
-        check_config(ctx.config.train.distributed, int(os.environ.get("WORLD_SIZE", "1")))
+        quantize = getattr(ctx.config.model, "quantize", "none")  # model.quantize: issue 20 item 1
+        check_config(ctx.config.train.distributed, int(os.environ.get("WORLD_SIZE", "1")), quantize=quantize)
     except ConfigError as e:
         raise fail(2, f"config error: {e}") from None
     return ranks(ctx, lambda line: console.print(line, markup=False))

@@ -78,11 +78,17 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def check_config(strategy: str, world: int, *, nproc: int | None = None) -> None:
-    """Several processes need ``train.distributed`` ddp or fsdp (ConfigError naming the key, else)."""
+def check_config(strategy: str, world: int, *, nproc: int | None = None, quantize: str = "none") -> None:
+    """Several processes need ``train.distributed`` ddp or fsdp, and FSDP a base that is not 4-/8-bit
+    (ConfigError naming the key, else)."""
+    how = f"--nproc {nproc}" if nproc else f"torchrun ({world} processes)"
     if world > 1 and strategy == "none":
-        how = f"--nproc {nproc}" if nproc else f"torchrun ({world} processes)"
         raise ConfigError(f"train.distributed: 'none' under {how}: set train.distributed=ddp or fsdp")
+    if world > 1 and strategy == "fsdp" and quantize != "none":
+        raise ConfigError(
+            f"model.quantize: {quantize} with train.distributed=fsdp under {how}: FSDP cannot shard bitsandbytes' "
+            "packed weights; use train.distributed=ddp (each rank holds the quantized base)"
+        )
 
 
 def lockstep(stage: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], **callbacks: Any) -> Any:
@@ -110,7 +116,7 @@ def ranks(ctx: Any, echo: Callable[[str], None]) -> Iterator[None]:
     global _LEADER
     t = ctx.config.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_config(t.distributed, world)
+    check_config(t.distributed, world, quantize=getattr(ctx.config.model, "quantize", "none"))
     if world <= 1:
         if t.distributed != "none":
             echo(f"train.distributed={t.distributed} in one process: it trains as one (--nproc N starts several)")

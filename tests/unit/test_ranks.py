@@ -64,6 +64,9 @@ def test_several_processes_need_a_strategy_and_nproc_is_stripped() -> None:
         ranks.check_config("none", 2, nproc=2)
     with pytest.raises(ConfigError, match=r"under torchrun \(4 processes\)"):
         ranks.check_config("none", 4)
+    ranks.check_config("fsdp", 1, quantize="nf4")  # one process shards nothing
+    with pytest.raises(ConfigError, match=r"^model.quantize: nf4 with train.distributed=fsdp under --nproc 2: "):
+        ranks.check_config("fsdp", 2, nproc=2, quantize="nf4")
     argv = ["--nproc", "2", "-c", "configs/smoke.yaml", "--nproc=3", "train.distributed=ddp"]
     assert ranks.strip_nproc(argv) == ["-c", "configs/smoke.yaml", "train.distributed=ddp"]
 
