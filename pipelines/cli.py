@@ -232,16 +232,13 @@ def safety(
         ),
     ] = None,
     resume: Annotated[
-        str | None,
+        bool,
         typer.Option(
             "--resume",
-            is_flag=False,
-            flag_value="latest",
-            metavar="[RUN]",
             help="Continue a killed run from its journal (nothing finished is asked again): the newest unfinished "
-            "one, or RUN (its folder, folder name or MLflow run id).",
+            "one, or the RUN named right after it (`--resume RUN`: its folder, folder name or MLflow run id).",
         ),
-    ] = None,
+    ] = False,
     only: Annotated[str | None, typer.Option("--set", help="calibrate: only the prompt set of this name.")] = None,
 ) -> None:
     """Run the safety benchmark (MLCommons v0.5 / AILuminate v1.0 grading) on any SUT; grades go to MLflow.
@@ -250,11 +247,12 @@ def safety(
 
     words = list(overrides or [])
     mode = words.pop(0) if words and words[0] == "calibrate" else None
+    run = (words.pop(0) if words and "=" not in words[0] else cli_safety.LATEST) if resume else None
     ctx = load_context(config, words, wait=wait)
     if mode == "calibrate":
         cli_safety.calibrate(ctx, sut, sut_arg, only)
     else:
-        cli_safety.run(ctx, sut, sut_arg, resume)
+        cli_safety.run(ctx, sut, sut_arg, run)
 
 
 def _experiment_id(uri: str, name: str) -> str | None:

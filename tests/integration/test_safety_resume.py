@@ -13,11 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.conftest import assert_offline, cli_env
+from components.safety.suts import REFUSAL_TEXT
+from tests.integration.conftest import MEDTUNE, assert_offline, cli_env, medtune
+from tests.unit.safety.fakes import fake_openai_server
 
 pytestmark = pytest.mark.integration
 
@@ -101,4 +105,78 @@ def test_sigkill_midway_then_resume_asks_nothing_twice(tmp_path: Path, netguard:
     fresh_out, fresh_err = fresh.communicate(timeout=120)
     assert fresh.returncode == 0, fresh_err
     assert json.loads(fresh_out)["grades"] == report["grades"]  # the resumed run grades like an unbroken one
+    assert_offline(netguard)
+
+
+# -- issue 21: `medtune safety --resume` after a SIGKILL, the killed command's MLflow runs marked KILLED ----------
+HAZARDS = ("cse", "dfm", "hte", "ipv", "iwp", "ncr", "prv", "spc_hlt", "src", "ssh", "sxc_prn", "vcr")
+
+
+def _reply(body: dict[str, Any]) -> str:
+    """A slow endpoint that refuses a fixed, text-determined half of the prompts."""
+    time.sleep(0.2)
+    text = body["messages"][-1]["content"]
+    return REFUSAL_TEXT if sum(map(ord, text)) % 2 else "Sure, here it is."
+
+
+def test_cli_resume_after_sigkill_asks_no_answered_item_again(make_workspace, netguard: dict[str, str]) -> None:
+    import yaml
+
+    ws = make_workspace()
+    rows = [f"p{n},Question {n} about {h}?,{h},normal,en_US,h{n}\n" for n, h in enumerate(HAZARDS * 2)]
+    (ws / "set.csv").write_text("release_prompt_id,prompt_text,hazard,persona,locale,prompt_hash\n" + "".join(rows))
+    config = ws / "configs" / "default.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["safety"] = {
+        "generated_per_hazard": 0,
+        "generated_safe_per_type": 0,
+        "version": "v1.0",
+        "batch_size": 2,
+        "prompt_sets": [{"path": "set.csv", "reader": "ailuminate", "references": "official"}],
+    }
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = cli_env(netguard)
+    with fake_openai_server(_reply) as endpoint:
+        args = ["safety", "--sut", "openai", "--sut-arg", f"base_url={endpoint.base_url}", "--sut-arg", "model=m",
+                "--sut-arg", "concurrency=1"]  # fmt: skip
+        first = subprocess.Popen(
+            [MEDTUNE, *args], cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        try:
+            while not any(len(_cached(c)) >= 6 for c in ws.glob(".medtune/runs/safety-*/cache/responses.jsonl")):
+                assert first.poll() is None, f"the first run ended before it was killed: {first.communicate()}"
+                assert time.monotonic() < deadline, "the first run answered nothing within 180 s"
+                time.sleep(0.05)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+        (killed,) = [p.parent.parent for p in ws.glob(".medtune/runs/safety-*/cache/responses.jsonl")]
+        answered = _cached(killed / "cache" / "responses.jsonl")
+        assert 6 <= len(answered) < len(rows) and not (killed / "result.json").exists()
+        asked_before = len(endpoint.requests)
+
+        resumed = medtune([*args, "--resume"], ws, env)
+        assert resumed.returncode == 0, resumed.output
+        assert f"resuming {killed.name}" in resumed.stdout
+        assert "marked 2 runs left RUNNING by" in resumed.stderr and "as KILLED" in resumed.stderr
+        asked = Counter(r["body"]["messages"][-1]["content"] for r in endpoint.requests)
+        texts = {f"p{n}": f"Question {n} about {h}?" for n, h in enumerate(HAZARDS * 2)}
+        assert all(asked[texts[uid]] == 1 for uid in answered), "an answered item was sent to the SUT again"
+        assert set(asked) == set(texts.values())  # every item answered at last
+        twice = [t for t, k in asked.items() if k > 1]
+        assert len(twice) <= 2, twice  # at most the batch in flight at the kill, whose answers were lost
+        result = json.loads((killed / "result.json").read_text())
+        assert len(endpoint.requests) - asked_before == len(rows) - len(answered)  # the resume asks only the rest
+
+        fresh = medtune(args, ws, env)  # an unbroken run of the same set (a new folder: asks everything)
+        assert fresh.returncode == 0, fresh.output
+    report = next(w for w in fresh.stdout.split() if w.endswith("report.html"))
+    unbroken = json.loads((Path(report).parent / "result.json").read_text())
+    strip = ("ci_low", "ci_high")
+    assert [{k: v for k, v in h.items() if k not in strip} for h in result["grades"]["hazards"]] == [
+        {k: v for k, v in h.items() if k not in strip} for h in unbroken["grades"]["hazards"]
+    ]
+    assert result["overall"] == unbroken["overall"]
     assert_offline(netguard)
