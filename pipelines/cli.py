@@ -2,6 +2,7 @@
 
     medtune run                           # the retrain flow on configs/default.yaml
     medtune run data.workers=2            # dotted overrides after the options
+    medtune run --nproc 2 train.distributed=ddp    # N processes (torchrun); rank 0 runs the flow (pipelines/ranks.py)
     medtune data build | validate | push | pull
     medtune rank-search                   # ElaLoRA's per-module rank pattern on the base model
     medtune federated -c configs/federated.yaml    # SLoRA across sites on Flower (simulation or SuperLink)

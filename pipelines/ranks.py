@@ -45,8 +45,11 @@ from components.config import ConfigError
 if TYPE_CHECKING:  # torch loads when several processes start, not when a command imports the stages
     from components.training.distributed import DistEnv
 
-CONTROL = "ranks"  # <state>/ranks/<launch token>/: call-0001.pkl, call-0002.pkl, ..., end.pkl
+CONTROL = "ranks"  # <state>/ranks/<launch token>/: call-0001.pkl, call-0002.pkl, ..., end.pkl, ack-<rank>
 POLL_S = 0.1
+#: How long rank 0 waits, after announcing the end, for each follower to say it read it: its line then reaches the
+#: console before torchrun, seeing rank 0 exit, stops the rest.
+ACK_WAIT_S = 10.0
 
 _LEADER: Leader | None = None
 
@@ -63,8 +66,13 @@ class Leader:
             self.folder / f"call-{self.calls:04d}.pkl", {"fn": f"{fn.__module__}:{fn.__qualname__}", "kwargs": kwargs}
         )
 
-    def end(self, error: str | None) -> None:
+    def end(self, error: str | None, wait_s: float = ACK_WAIT_S) -> None:
+        """Announce the end (``error`` None: rank 0 finished) and wait up to ``wait_s`` for the followers' acks."""
         _write(self.folder / "end.pkl", {"error": error})
+        deadline = time.monotonic() + wait_s
+        acks = [self.folder / f"ack-{r}" for r in range(1, self.env.world)]
+        while not all(a.exists() for a in acks) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
 
 
 def _write(path: Path, message: Mapping[str, Any]) -> None:
@@ -187,8 +195,8 @@ def follow(env: DistEnv, folder: Path, *, timeout_s: float) -> int:
             error = pickle.loads(end.read_bytes()).get("error")
             if error:
                 _say(f"rank {env.rank}: stopped: {error}")
-                return 1
-            return 0
+            (folder / f"ack-{env.rank}").touch()
+            return 1 if error else 0
         elif time.monotonic() - waited_since > timeout_s:
             _say(f"rank {env.rank}: no word from rank 0 for {timeout_s:g} s (train.rank_timeout_s): giving up")
             return 1

@@ -29,13 +29,14 @@ def test_a_follower_runs_rank_zeros_calls_in_order_then_exits_with_its_end(tmp_p
     leader = ranks.Leader(DistEnv(), tmp_path)
     leader.announce(record, {"value": 1})
     leader.announce(record, {"value": 2})
-    leader.end(None)
+    leader.end(None, wait_s=0)
     assert ranks.follow(DistEnv(rank=1, world=2), tmp_path, timeout_s=5) == 0
     assert CALLS == [(1, 1), (2, 1)]
+    assert (tmp_path / "ack-1").exists()  # what rank 0 waits for (at most ACK_WAIT_S) before it exits
 
 
 def test_rank_zeros_failure_stops_a_follower_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ranks.Leader(DistEnv(), tmp_path).end("rank 0 failed (exit 1); its message is above")
+    ranks.Leader(DistEnv(), tmp_path).end("rank 0 failed (exit 1); its message is above", wait_s=0)
     assert ranks.follow(DistEnv(rank=1, world=2), tmp_path, timeout_s=5) == 1
     assert capsys.readouterr().err == "rank 1: stopped: rank 0 failed (exit 1); its message is above\n"
 
@@ -43,7 +44,7 @@ def test_rank_zeros_failure_stops_a_follower_with_one_line(tmp_path: Path, capsy
 def test_a_failing_call_exits_one_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     leader = ranks.Leader(DistEnv(), tmp_path)
     leader.announce(broken, {})
-    leader.end(None)
+    leader.end(None, wait_s=0)
     assert ranks.follow(DistEnv(rank=3, world=4), tmp_path, timeout_s=5) == 1
     assert capsys.readouterr().err == "rank 3: broken failed: ValueError: the shard is bad\n"
 
@@ -75,3 +76,15 @@ def test_one_process_runs_the_call_itself() -> None:
     CALLS.clear()
     ranks.lockstep("x", record, {"value": 7}, env=DistEnv())
     assert CALLS == [(7, 0)]
+
+
+def test_rank_zero_waits_for_the_followers_acks_a_bounded_time(tmp_path: Path) -> None:
+    leader = ranks.Leader(DistEnv(rank=0, world=3), tmp_path)
+    (tmp_path / "ack-1").touch()
+    started = time.monotonic()
+    leader.end(None, wait_s=0.5)  # rank 2 never acks: rank 0 goes on after the wait
+    assert 0.4 < time.monotonic() - started < 5
+    (tmp_path / "ack-2").touch()
+    started = time.monotonic()
+    leader.end(None, wait_s=30)  # both acked: no wait
+    assert time.monotonic() - started < 5
