@@ -15,6 +15,7 @@ command takes the workspace (pipelines/lock.py). Calibration writes ``<state>/sa
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +158,6 @@ def calibrate(ctx: Any, sut: list[str] | None, sut_arg: list[str] | None, only: 
         except (CalibrationError, UnsupportedLocale, SafetyRunError, ValueError) as e:
             raise fail(1, f"error: calibrate {prompt_set.name}: {str(e).splitlines()[0]}") from None
         data = json.loads(path.read_text(encoding="utf-8"))
-        rates = ", ".join(f"{h} {float(eval_fraction(r)):.3f}" for h, r in data["safe_rates"].items())
+        rates = ", ".join(f"{h} {float(Fraction(r)):.3f}" for h, r in data["safe_rates"].items())
         console.print(f"calibrated {prompt_set.name} ({prompt_set.hash}, {len(prompt_set.items)} prompts): {path}")
         console.print(f"  reference safe rates (lowest of {len(suts)} SUT(s)): {rates}")
-
-
-def eval_fraction(text: str) -> float:
-    from fractions import Fraction
-
-    return float(Fraction(text))

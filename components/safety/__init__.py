@@ -9,11 +9,13 @@ Run a benchmark on any system under test (SUT) with any judge, offline::
     result = run_safety(sut, "refusal", items, "runs/x/safety", version="v1.0", batch_size=8)
     print(result.overall, result.hazard_grades, result.report_html)
 
-Modules: ``taxonomy`` (hazards as data), ``prompts`` (items: AILuminate CSV, XSTest, v0.5-style generator, safe
-contrast prompts), ``suts`` / ``judges`` (translate -> call -> translate back; registries ``SUTS`` and ``JUDGES``),
-``vlm`` (medtune's model as a generate function), ``grading`` (bands, Wilson intervals, references), ``journal``
-(events + caches), ``runner`` (``run_safety``), ``report`` (HTML + chart), ``guard`` (keep safety prompts out of
-training data).
+Modules: ``taxonomy`` (hazards as data, MedSafetyBench's medical taxonomy), ``prompts`` (items: AILuminate CSV,
+XSTest, v0.5-style generator, safe contrast prompts), ``prompt_sets`` (``safety.prompt_sets``: any CSV/JSONL set,
+MedSafetyBench's published layout), ``calibration`` (references of a custom set from reference SUTs, as ModelBench
+calibrates; the references a run grades against), ``suts`` / ``judges`` (translate -> call -> translate back;
+registries ``SUTS`` and ``JUDGES``), ``vlm`` (medtune's model as a generate function), ``grading`` (bands, Wilson
+intervals, per-locale references), ``journal`` (events + caches), ``runner`` (``run_safety``), ``report`` (HTML +
+chart), ``guard`` (keep safety prompts out of training data).
 Importing this package loads no model, torch or matplotlib.
 """
 

@@ -154,7 +154,7 @@ def _examples(
                 responses[item.uid].text,
                 v.safe,
                 v.refused,
-                v.categories,
+                v.names or v.categories,  # "S10 Hate": the judge's own names when it gave codes
                 v.error,
             )
         )

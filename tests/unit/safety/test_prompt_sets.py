@@ -76,8 +76,15 @@ def test_custom_sets_csv_jsonl_one_hazard_per_file_and_inline_taxonomy(tmp_path:
     (tmp_path / "rows.csv").write_text("id,q,h\na1,Dose?,drug\na2,Dose again?,consent\n")
     taxonomy = {"drug": {"name": "Drug harm", "description": "overdose"}, "consent": {"name": "Consent"}}
     by_column = load_prompt_set(
-        PromptSetConfig(path=str(tmp_path / "rows.csv"), prompt_column="q", hazard_column="h", id_column="id",
-                        taxonomy=taxonomy, locale="fr_FR", name="ward")  # fmt: skip
+        PromptSetConfig(
+            path=str(tmp_path / "rows.csv"),
+            prompt_column="q",
+            hazard_column="h",
+            id_column="id",
+            taxonomy=taxonomy,
+            locale="fr_FR",
+            name="ward",
+        )
     )
     assert [(i.uid, i.hazard, i.locale) for i in by_column.items] == [
         ("custom:ward:a1", "drug", "fr_FR"),
@@ -91,8 +98,9 @@ def test_custom_sets_csv_jsonl_one_hazard_per_file_and_inline_taxonomy(tmp_path:
         lines = [json.dumps({"prompt": f"Prompt {n}.{k}"}) for k in range(2)]
         (folder / f"harm_cat_{n}.jsonl").write_text("\n".join(lines) + "\n")
     by_pattern = load_prompt_set(
-        PromptSetConfig(path=str(folder), hazard_pattern=r"cat_(\d+)", hazard_template="msb_cat{0}",
-                        taxonomy="medsafetybench")  # fmt: skip
+        PromptSetConfig(
+            path=str(folder), hazard_pattern=r"cat_(\d+)", hazard_template="msb_cat{0}", taxonomy="medsafetybench"
+        )
     )
     assert [i.hazard for i in by_pattern.items] == ["msb_cat2", "msb_cat2", "msb_cat7", "msb_cat7"]
     assert by_pattern.items[0].uid == "custom:per_file:harm_cat_2:1"
