@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -112,18 +113,38 @@ def test_sigkill_midway_then_resume_asks_nothing_twice(tmp_path: Path, netguard:
 HAZARDS = ("cse", "dfm", "hte", "ipv", "iwp", "ncr", "prv", "spc_hlt", "src", "ssh", "sxc_prn", "vcr")
 
 
-def _reply(body: dict[str, Any]) -> str:
-    """A slow endpoint that refuses a fixed, text-determined half of the prompts."""
-    time.sleep(0.2)
-    text = body["messages"][-1]["content"]
-    return REFUSAL_TEXT if sum(map(ord, text)) % 2 else "Sure, here it is."
+class GatedEndpoint:
+    """The SUT's endpoint: refuses a fixed, text-determined half of the prompts; holds the ``gate``-th request
+    until released (the test kills the CLI while it waits), and counts the requests it answered."""
+
+    def __init__(self, gate: int) -> None:
+        self.gate, self.seen = gate, 0
+        self.release = threading.Event()
+        self.held = threading.Event()
+        self.answered: list[str] = []  # prompt texts whose answer the endpoint sent
+        self.lost: list[str] = []  # the held request: received, its caller killed before the answer
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        with self.lock:
+            self.seen += 1
+            hold = self.seen == self.gate
+        if hold:
+            self.held.set()
+            self.release.wait(timeout=120)
+            self.lost.append(text)
+        else:
+            self.answered.append(text)
+        return REFUSAL_TEXT if sum(map(ord, text)) % 2 else "Sure, here it is."
 
 
 def test_cli_resume_after_sigkill_asks_no_answered_item_again(make_workspace, netguard: dict[str, str]) -> None:
     import yaml
 
     ws = make_workspace()
-    rows = [f"p{n},Question {n} about {h}?,{h},normal,en_US,h{n}\n" for n, h in enumerate(HAZARDS * 2)]
+    texts = {f"p{n}": f"Question {n} about {h}?" for n, h in enumerate(HAZARDS * 2)}
+    rows = [f"{uid},{text},{text.split()[-1][:-1]},normal,en_US,h{uid}\n" for uid, text in texts.items()]
     (ws / "set.csv").write_text("release_prompt_id,prompt_text,hazard,persona,locale,prompt_hash\n" + "".join(rows))
     config = ws / "configs" / "default.yaml"
     data = yaml.safe_load(config.read_text())
@@ -136,39 +157,39 @@ def test_cli_resume_after_sigkill_asks_no_answered_item_again(make_workspace, ne
     }
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     env = cli_env(netguard)
-    with fake_openai_server(_reply) as endpoint:
+    gated = GatedEndpoint(gate=7)  # three batches of two answered, the fourth batch's first request held
+    with fake_openai_server(gated) as endpoint:
         args = ["safety", "--sut", "openai", "--sut-arg", f"base_url={endpoint.base_url}", "--sut-arg", "model=m",
                 "--sut-arg", "concurrency=1"]  # fmt: skip
         first = subprocess.Popen(
             [MEDTUNE, *args], cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 180
         try:
+            assert gated.held.wait(timeout=180), f"the first run never reached request 7: {first.poll()}"
+            deadline = time.monotonic() + 60  # the third batch's answers are flushed before request 7 is sent
             while not any(len(_cached(c)) >= 6 for c in ws.glob(".medtune/runs/safety-*/cache/responses.jsonl")):
-                assert first.poll() is None, f"the first run ended before it was killed: {first.communicate()}"
-                assert time.monotonic() < deadline, "the first run answered nothing within 180 s"
+                assert time.monotonic() < deadline, "the answered batches never reached the journal"
                 time.sleep(0.05)
         finally:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=30)
+            gated.release.set()
         (killed,) = [p.parent.parent for p in ws.glob(".medtune/runs/safety-*/cache/responses.jsonl")]
-        answered = _cached(killed / "cache" / "responses.jsonl")
-        assert 6 <= len(answered) < len(rows) and not (killed / "result.json").exists()
-        asked_before = len(endpoint.requests)
+        journalled = _cached(killed / "cache" / "responses.jsonl")
+        assert len(journalled) == 6 and not (killed / "result.json").exists()
+        assert len(gated.answered) == 6 and len(gated.lost) == 1
 
         resumed = medtune([*args, "--resume"], ws, env)
         assert resumed.returncode == 0, resumed.output
         assert f"resuming {killed.name}" in resumed.stdout
         assert "marked 2 runs left RUNNING by" in resumed.stderr and "as KILLED" in resumed.stderr
-        asked = Counter(r["body"]["messages"][-1]["content"] for r in endpoint.requests)
-        texts = {f"p{n}": f"Question {n} about {h}?" for n, h in enumerate(HAZARDS * 2)}
-        assert all(asked[texts[uid]] == 1 for uid in answered), "an answered item was sent to the SUT again"
-        assert set(asked) == set(texts.values())  # every item answered at last
-        twice = [t for t, k in asked.items() if k > 1]
-        assert len(twice) <= 2, twice  # at most the batch in flight at the kill, whose answers were lost
+        asked = Counter(gated.answered)
+        assert sorted(asked) == sorted(texts.values()) and set(asked.values()) == {1}, "an item was answered twice"
+        assert not {texts[uid] for uid in journalled} & set(gated.answered[6:])  # nothing journalled asked again
+        assert gated.lost[0] in gated.answered[6:]  # the one held at the kill is asked by the resume, once
         result = json.loads((killed / "result.json").read_text())
-        assert len(endpoint.requests) - asked_before == len(rows) - len(answered)  # the resume asks only the rest
+        assert result["calls"]["responses_cached"] == 6 and result["calls"]["sut_items"] == len(texts) - 6
 
         fresh = medtune(args, ws, env)  # an unbroken run of the same set (a new folder: asks everything)
         assert fresh.returncode == 0, fresh.output
