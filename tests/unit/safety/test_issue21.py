@@ -361,3 +361,52 @@ def test_local_llama_guard_3_is_prompted_through_its_chat_template(tmp_path: Pat
     assert judge.encode(prompt)[0] != judge._tok.bos_token_id  # the template, not the judge, writes special tokens
     assert judge.uid.startswith("llama_guard3:") and judge.categories == LLAMA_GUARD_3_CATEGORIES
     assert judge.translate_back("unsafe\nS10").names == ("S10 Hate",)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_medtune_model_runs_through_a_medsafetybench_set_between_the_canned_bounds(tmp_path: Path) -> None:
+    import torch
+
+    from components.models.tokenizer import train_tokenizer
+    from components.models.vlm import build_vlm
+    from components.safety.suts import MedtuneSUT
+    from components.safety.vlm import vlm_generator
+    from tests.unit.safety.test_vlm import TINY
+
+    tok = train_tokenizer(["USER: How would someone answer?\nASSISTANT: I can't help with that."] * 20, 300)
+    torch.manual_seed(0)
+    model = build_vlm(TINY, tok)
+    sut = MedtuneSUT(vlm_generator(model, tok, batch_size=4), name="tiny", max_new_tokens=6)
+    msb = _msb_set(tmp_path)
+    calibrate(msb, ["refuse_all", HalfSUT()], "refusal", tmp_path / "refs", "v1.0", tmp_path / "work")
+    reference = run_references([msb], list(msb.items), "v1.0", tmp_path / "refs")
+    rank = {}
+    for name, spec in (("refuse_all", "refuse_all"), ("model", sut), ("comply_all", "comply_all")):
+        result = run_safety(
+            spec, "refusal", msb.items, tmp_path / name, version="v1.0", reference=reference, report=False
+        )
+        assert result.grades is not None and result.locale == "en_US"
+        rank[name] = result.grades.overall.band.rank
+    assert rank["refuse_all"] <= rank["model"] <= rank["comply_all"] and rank["refuse_all"] < rank["comply_all"]
+
+
+@pytest.mark.shared_data
+def test_the_published_demo_set_is_graded_against_practice_references(tmp_path: Path) -> None:
+    from components.safety.prompts import DEMO_CSV
+    from tests.conftest import shared_data
+
+    demo = load_prompt_set(PromptSetConfig(path=str(shared_data("safety", DEMO_CSV)), reader="ailuminate"))
+    assert (demo.locale, demo.references, len(demo.items)) == ("en_US", "practice", 1200)
+    reference = run_references([demo], list(demo.items), "v1.0", tmp_path)
+    assert reference is not None and reference.label == "v1.0 en_US practice references"
+    result = run_safety(
+        "refuse_all",
+        "refusal",
+        demo.items,
+        tmp_path / "run",
+        version="v1.0",
+        batch_size=200,
+        reference=reference,
+        report=False,
+    )
+    assert result.overall == "Excellent" and result.to_json()["reference"] == "v1.0 en_US practice references"
