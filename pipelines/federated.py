@@ -61,7 +61,11 @@ def federated_stage(
             method=cfg.method, rounds_sparse=cfg.rounds_sparse, rounds_lora=cfg.rounds_lora, density=cfg.density,
             rank=cfg.rank, min_sites=cfg.min_sites, local_steps=cfg.local_steps, lr=cfg.lr,
             batch_size=cfg.batch_size, seed=ctx.config.seed, round_timeout=cfg.round_timeout,
-            node_wait_timeout=cfg.node_wait_timeout, task="vlm", out_dir=str(out),
+            node_wait_timeout=cfg.node_wait_timeout, task="vlm", out_dir=str(out), aggregation=cfg.aggregation,
+            trim_fraction=cfg.trim_fraction, clip_norm=cfg.clip_norm, clip_factor=cfg.clip_factor,
+            max_examples=cfg.max_examples, examples_factor=cfg.examples_factor,
+            dp_noise_multiplier=cfg.dp.noise_multiplier or 0.0, dp_epsilon=cfg.dp.epsilon or 0.0,
+            dp_delta=cfg.dp.delta,
             task_args={"model_dir": str(model_dir), "dataset": str(ctx.path(ctx.config.data.out)),
                        "sites_dir": str(work / "sites")},
         )  # fmt: skip
@@ -93,6 +97,18 @@ def federated_stage(
                 meta={"method": cfg.method, "sites": cfg.sites, "rounds": settings.total_rounds, "source": model_dir},
             )  # fmt: skip
         _log_history(session, run_id, history)
+        if privacy := history.get("privacy"):  # client-level DP: the whole run's guarantee (issue 22)
+            session.log_metrics(
+                run_id,
+                {
+                    "federated/dp_epsilon_total": float(privacy["epsilon"]),
+                    "federated/dp_noise_multiplier": float(privacy["noise_multiplier"]),
+                },
+            )
+            echo(
+                f"federated: client-level DP, epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
+                f"(noise multiplier {privacy['noise_multiplier']:.3g}, clip {privacy['clip_norm']:g}, Opacus RDP)"
+            )
         for name in (HISTORY, PLOT):
             if (out / name).is_file():
                 session.log_artifact(run_id, out / name, "federated")

@@ -420,6 +420,29 @@ class RankSearchConfig(Strict):
         return self
 
 
+class FederatedDPConfig(Strict):
+    """Client-level differential privacy of a federated run (issue 22): off unless ``epsilon`` or
+    ``noise_multiplier`` is set; needs ``federated.clip_norm``."""
+
+    epsilon: float | None = Field(
+        None, gt=0, description="Target epsilon for the whole run; the noise multiplier is solved for it (Opacus RDP)."
+    )
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="Gaussian noise multiplier sigma (noise std sigma * clip_norm on the sum of updates)."
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="The delta of the (epsilon, delta) guarantee.")
+
+    @model_validator(mode="after")
+    def _one(self) -> FederatedDPConfig:
+        if self.epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError("set dp.epsilon or dp.noise_multiplier, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+
 class FederatedConfig(Strict):
     """SLoRA across sites on Flower (METHODS.md §4; issue 7). Off unless ``sites`` names at least two."""
 
@@ -452,6 +475,19 @@ class FederatedConfig(Strict):
     app_dir: str = Field("infra/flower", description="Deployment: the Flower app folder (FAB) to submit.")
     round_timeout: float = Field(300.0, gt=0, description="Seconds the server waits for a round's replies.")
     node_wait_timeout: float = Field(120.0, gt=0, description="Seconds the server waits for min_sites nodes.")
+    aggregation: Literal["weighted_mean", "trimmed_mean", "median"] = Field(
+        "weighted_mean", description="weighted_mean (clipped FedAvg), or coordinate-wise trimmed_mean or median."
+    )
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share of sites cut at each end.")
+    clip_norm: float = Field(
+        0.0, ge=0, description="Fixed L2 bound on each site's update per round (0: clip_factor x the median norm)."
+    )
+    clip_factor: float = Field(5.0, ge=0, description="Adaptive clip bound: this x the round's lower median norm.")
+    max_examples: int = Field(0, ge=0, description="Cap on a site's claimed examples (0: examples_factor x median).")
+    examples_factor: float = Field(10.0, ge=0, description="Adaptive example cap: this x the round's median claim.")
+    dp: FederatedDPConfig = Field(
+        default_factory=FederatedDPConfig, description="Client-level differential privacy (off unless set)."
+    )
 
     @property
     def enabled(self) -> bool:
@@ -467,6 +503,10 @@ class FederatedConfig(Strict):
             raise ValueError("method slora needs rounds_sparse >= 1 and rounds_lora >= 1")
         if self.rounds_sparse + self.rounds_lora < 1:
             raise ValueError("rounds_sparse + rounds_lora must be at least 1")
+        if self.dp.enabled and self.clip_norm <= 0:
+            raise ValueError("dp needs federated.clip_norm > 0 (each site's update bound is the DP sensitivity)")
+        if self.dp.enabled and self.aggregation != "weighted_mean":
+            raise ValueError(f"dp is accounted for aggregation weighted_mean only, not {self.aggregation}")
         return self
 
 

@@ -96,7 +96,9 @@ def local_round(
         seed=client_seed(settings, server_round, task.site),
     )
     metrics = {"train_loss": loss, "val_loss": before["loss"], "val_accuracy": before["accuracy"]}
-    return readback(), metrics
+    out = readback()
+    # the payload's key order: Flower's strategy wrappers (DP clipping) pair reply and payload arrays by position
+    return {**{k: out[k] for k in arrays if k in out}, **out}, metrics
 
 
 def evaluate_payload(task: FedTask, settings: FedSettings, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """What a federated run leaves in its output folder, written by the ServerApp (in simulation and in deployment)
 and read by the pipeline stage, which logs it to MLflow:
 
-    out/history.json          settings, status, one record per round (sites averaged/rejected, bytes, metrics),
-                              the final model's per-site evaluation
+    out/history.json          settings, status, one record per round (sites averaged/rejected/clipped, bytes,
+                              metrics, DP epsilon so far), the final model's per-site evaluation, the privacy
+                              spent (DP runs: mechanism, noise multiplier, clip norm, delta, epsilon)
     out/final.safetensors     the final dense ΔW per adapted matrix and per head (add to W0)
     out/rounds.png            the rounds at a glance (validation accuracy and loss, bytes per round)
 
@@ -53,6 +54,7 @@ def write_results(
         "settings": server.settings.as_dict(),
         "rounds": [r.to_json() for r in server.history],
         "final": {site: dict(m) for site, m in final_eval.items()},
+        "privacy": server.privacy.to_json() if server.privacy is not None else None,
     }
     if status == "finished":
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in server.final_deltas().items()}

@@ -20,6 +20,26 @@ Choices where METHODS.md is silent:
 - **Rejected updates.** A reply whose keys differ from what was sent, whose shapes differ, or that holds NaN/Inf
   is rejected with a reason in the round record and the log, and never enters the average. A round with fewer
   than ``min_sites`` valid updates raises :class:`RoundFailed` (the global state is left unchanged).
+- **Robust aggregation** (issue 22). Each accepted reply becomes an update ``u = reply - payload`` (all keys
+  flattened into one vector) and is clipped to L2 norm ``C``: ``settings.clip_norm`` when set, else
+  ``clip_factor`` times the round's lower median update norm (with two sites the smaller one: the server cannot
+  tell which is honest, so the larger is bounded by the smaller). Each site's claimed example count is capped at
+  ``max_examples``, else ``examples_factor`` times the round's lower median claim. ``weighted_mean`` (default)
+  averages the clipped updates by the capped counts, so the global model moves by at most ``C`` in L2 norm per
+  round whatever one site claims or sends; ``trimmed_mean`` drops ``floor(trim_fraction * n)`` sites at each end
+  of every coordinate and ``median`` takes the coordinate-wise median (both unweighted, a minority of outliers
+  cannot drag them). Without clipping and caps (``clip_factor = examples_factor = 0``) ``weighted_mean`` is the
+  plain FedAvg of the replies.
+- **Client-level differential privacy** (``settings.dp``: DP-FedAvg of McMahan et al. 2018, central model: the
+  server sees the updates, the released global model is private). Clip every update to the fixed ``clip_norm``,
+  sum, add ``N(0, (sigma * clip_norm)^2)`` per coordinate to the sum and divide by the number averaged (equal
+  weights: a site's example count would be a sensitivity the clip does not bound). Adding or removing one site
+  changes the sum by at most ``clip_norm``, so each round is a Gaussian mechanism with noise multiplier sigma;
+  every site takes part in every round (sample rate 1, no amplification by subsampling) and Opacus' RDP
+  accountant composes the rounds into the epsilon at ``dp_delta`` logged after each round
+  (:class:`PrivacyLedger`). A target ``dp_epsilon`` is turned into sigma by Opacus' ``get_noise_multiplier`` for
+  ``total_rounds`` releases. The noise comes from the OS's entropy, never from the shared seed (which every site
+  knows). Not covered: the per-site metrics and example counts in the replies, and the evaluation round.
 - **The switch.** After the last sparse round the accumulated ΔW of each matrix is factorised by
   :func:`components.federated.slora.svd_lora_init`; the heads keep their stage-1 deltas.
 - **FedAvg-LoRA's usual init.** A from Kaiming-uniform (a=√5, nn.Linear's and peft's default) under the shared
@@ -73,6 +93,11 @@ class RoundRecord:
     bytes_up: int = 0
     seconds: float = 0.0
     sites: dict[str, dict[str, float]] = field(default_factory=dict)
+    clipped: list[str] = field(default_factory=list)  # sites whose update was scaled down to clip_bound
+    clip_bound: float = math.inf
+    example_cap: float = math.inf
+    noise_std: float = 0.0  # DP: the Gaussian noise's standard deviation on the averaged update
+    epsilon: float | None = None  # DP: the privacy spent after this round (Opacus RDP at dp_delta)
 
     def summary(self) -> dict[str, float]:
         """Example-weighted means of the accepted sites' metrics plus the round's counts."""
@@ -83,7 +108,12 @@ class RoundRecord:
             "sites_rejected": float(len(self.rejected)),
             "sites_missing": float(self.missing),
             "seconds": self.seconds,
+            "sites_clipped": float(len(self.clipped)),
         }
+        if math.isfinite(self.clip_bound):
+            out["clip_bound"] = self.clip_bound
+        if self.epsilon is not None:
+            out["dp_epsilon"], out["dp_noise_std"] = self.epsilon, self.noise_std
         weights = {s: m.get("num_examples", 1.0) for s, m in self.sites.items() if s in self.accepted}
         total = sum(weights.values())
         keys = {k for s in weights for k in self.sites[s] if k != "num_examples"}
@@ -104,6 +134,11 @@ class RoundRecord:
             "bytes_up": self.bytes_up,
             "seconds": self.seconds,
             "sites": self.sites,
+            "clipped": self.clipped,
+            "clip_bound": self.clip_bound if math.isfinite(self.clip_bound) else None,
+            "example_cap": self.example_cap if math.isfinite(self.example_cap) else None,
+            "noise_std": self.noise_std,
+            "epsilon": self.epsilon,
             "summary": self.summary(),
         }
 
@@ -132,19 +167,69 @@ def check_update(arrays: Mapping[str, Any], expected: Mapping[str, Shape]) -> st
     return None
 
 
-def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
-    """Key-by-key mean of ``(arrays, weight)`` pairs, in float64, returned as float32."""
-    total = float(sum(w for _, w in updates))
-    if not updates or total <= 0:
-        raise ValueError("weighted_average needs at least one update with positive weight")
-    keys = list(updates[0][0])
+def flat_norm(arrays: Mapping[str, np.ndarray]) -> float:
+    """The L2 norm of all of ``arrays`` as one vector (float64)."""
+    return math.sqrt(sum(float(np.sum(np.square(np.asarray(a, np.float64)))) for a in arrays.values()))
+
+
+def lower_median(values: Sequence[float]) -> float:
+    """The lower median: a value of ``values`` itself, the smaller middle one when their count is even."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def combine(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], how: str, trim: float = 0.0
+            ) -> dict[str, np.ndarray]:  # fmt: skip
+    """Key by key, in float64: the ``weights``-weighted mean, the coordinate-wise trimmed mean (``trim`` of the
+    updates dropped at each end) or the coordinate-wise median of ``updates``."""
     out: dict[str, np.ndarray] = {}
-    for k in keys:
-        acc = np.zeros(np.shape(updates[0][0][k]), np.float64)
-        for arrays, weight in updates:
-            acc += np.asarray(arrays[k], dtype=np.float64) * weight
-        out[k] = (acc / total).astype(np.float32)
+    for key in updates[0]:
+        stack = np.stack([np.asarray(u[key], np.float64) for u in updates])
+        if how == "weighted_mean":
+            w = np.asarray(weights, np.float64).reshape((-1,) + (1,) * (stack.ndim - 1))
+            out[key] = (stack * w).sum(axis=0) / float(np.sum(weights))
+        elif how == "trimmed_mean":
+            cut = int(math.floor(trim * len(updates)))
+            out[key] = np.sort(stack, axis=0)[cut : len(updates) - cut].mean(axis=0)
+        elif how == "median":
+            out[key] = np.median(stack, axis=0)
+        else:
+            raise ValueError(f"unknown aggregation {how!r}")
     return out
+
+
+class PrivacyLedger:
+    """The privacy spent so far by a DP run: Opacus' RDP accountant over one Gaussian release per round."""
+
+    def __init__(self, settings: FedSettings):
+        from opacus.accountants import RDPAccountant
+        from opacus.accountants.utils import get_noise_multiplier
+
+        self.delta = settings.dp_delta
+        self.noise_multiplier = settings.dp_noise_multiplier or float(
+            get_noise_multiplier(target_epsilon=settings.dp_epsilon, target_delta=settings.dp_delta,
+                                 sample_rate=1.0, steps=settings.total_rounds, accountant="rdp")
+        )  # fmt: skip
+        self.clip_norm = settings.clip_norm
+        self.accountant = RDPAccountant()
+
+    def step(self) -> float:
+        """Record one release; the epsilon spent so far."""
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=1.0)
+        return self.epsilon
+
+    @property
+    def releases(self) -> int:
+        return sum(n for _, _, n in self.accountant.history)
+
+    @property
+    def epsilon(self) -> float:
+        return float(self.accountant.get_epsilon(self.delta)) if self.accountant.history else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mechanism": "client-level DP-FedAvg (central Gaussian)", "accountant": "opacus RDP",
+                "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm, "delta": self.delta,
+                "sample_rate": 1.0, "releases": self.releases, "epsilon": self.epsilon}  # fmt: skip
 
 
 def lora_init(shape: Shape, rank: int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -163,8 +248,17 @@ def _stable(seed: int, name: str) -> int:
 class FederatedServer:
     """The global state of one run and its round-by-round update (see the module docstring)."""
 
-    def __init__(self, settings: FedSettings, targets: Mapping[str, Shape], heads: Mapping[str, Shape]):
+    def __init__(
+        self,
+        settings: FedSettings,
+        targets: Mapping[str, Shape],
+        heads: Mapping[str, Shape],
+        *,
+        noise: np.random.Generator | None = None,
+    ):
         self.settings = settings
+        self.privacy = PrivacyLedger(settings) if settings.dp else None
+        self._noise = noise or np.random.default_rng()  # OS entropy; tests pass a seeded generator
         self.targets = {k: tuple(v) for k, v in targets.items()}
         self.heads = {k: tuple(v) for k, v in heads.items()}
         bad = [k for k, v in self.targets.items() if len(v) != 2]
@@ -239,7 +333,7 @@ class FederatedServer:
         record.rejected.update({node: f"no update: {reason}" for node, reason in failed.items()})
         record.bytes_down = sent * payload_bytes(self.state)
         expected = self.expected()
-        good: list[tuple[Mapping[str, np.ndarray], float]] = []
+        good: list[tuple[Mapping[str, np.ndarray], int]] = []
         for reply in replies:
             record.bytes_up += payload_bytes(reply.arrays)
             record.sites[reply.site] = {**{k: float(v) for k, v in reply.metrics.items()}}
@@ -252,19 +346,69 @@ class FederatedServer:
                 log.warning("round %d: rejected the update of site %s: %s", self.round, reply.site, reason)
                 continue
             record.accepted.append(reply.site)
-            good.append((reply.arrays, float(reply.num_examples)))
+            good.append((reply.arrays, reply.num_examples))
         if len(good) < self.settings.min_sites:
             self.history.append(record)
             raise RoundFailed(
                 f"round {self.round}: {len(good)} valid updates (rejected {record.rejected or 'none'}, "
                 f"missing {record.missing}), fewer than min_sites={self.settings.min_sites}"
             )
-        self.state = weighted_average(good)
+        self.state = self._combine(good, record)
         self.history.append(record)
         self.round += 1
         if not self.finished and self.settings.phase(self.round) != self.phase:
             self._enter(self.settings.phase(self.round))
         return record
+
+    def adopt(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Take ``arrays`` as this round's global state: what a Flower strategy wrapper (e.g. central DP noise)
+        made of the state this server returned. Keys and shapes must be this round's."""
+        reason = check_update(arrays, self.expected())
+        if reason is not None:
+            raise ValueError(f"round {self.round}: the arrays handed to the strategy do not fit: {reason}")
+        self.state = {k: np.asarray(arrays[k], np.float32).copy() for k in self.state}
+
+    def clip_bound(self, norms: Sequence[float]) -> float:
+        """This round's L2 bound on one site's update (``inf``: no clipping)."""
+        s = self.settings
+        if s.clip_norm > 0:
+            return s.clip_norm
+        return s.clip_factor * lower_median(norms) if s.clip_factor > 0 else math.inf
+
+    def example_cap(self, claims: Sequence[int]) -> float:
+        """This round's cap on one site's claimed example count (``inf``: none)."""
+        s = self.settings
+        if s.max_examples > 0:
+            return float(s.max_examples)
+        return s.examples_factor * lower_median([float(c) for c in claims]) if s.examples_factor > 0 else math.inf
+
+    def _combine(self, good: Sequence[tuple[Mapping[str, np.ndarray], int]], record: RoundRecord
+                 ) -> dict[str, np.ndarray]:  # fmt: skip
+        """The next global state from the valid replies: clip, cap, aggregate (and with DP, add the noise)."""
+        s = self.settings
+        updates = [{k: np.asarray(a[k], np.float64) - self.state[k] for k in self.state} for a, _ in good]
+        norms = [flat_norm(u) for u in updates]
+        bound = self.clip_bound(norms)
+        for site, u, norm in zip(record.accepted, updates, norms, strict=True):
+            record.sites[site]["update_norm"] = norm
+            if norm > bound:
+                for key in u:
+                    u[key] *= bound / norm
+                record.clipped.append(site)
+        record.clip_bound = bound
+        if self.privacy is not None:  # equal weights; noise of sigma * C on the sum, i.e. / n on the mean
+            mean = combine(updates, [1.0] * len(updates), "weighted_mean")
+            std = self.privacy.noise_multiplier * bound / len(updates)
+            for key in mean:
+                mean[key] = mean[key] + self._noise.normal(0.0, std, size=mean[key].shape)
+            record.noise_std = std
+            record.epsilon = self.privacy.step()
+        else:
+            cap = self.example_cap([n for _, n in good])
+            weights = [min(float(n), cap) for _, n in good]
+            record.example_cap = cap
+            mean = combine(updates, weights, s.aggregation, s.trim_fraction)
+        return {k: (self.state[k].astype(np.float64) + mean[k]).astype(np.float32) for k in self.state}
 
     def final_deltas(self) -> dict[str, np.ndarray]:
         """Dense ΔW per adapted matrix and per head, to add to W0 (LoRA: ``scale * B @ A``)."""

@@ -17,6 +17,7 @@ from typing import Any, Literal
 Method = Literal["slora", "fedavg_lora", "fedavg_full"]
 Phase = Literal["sparse", "lora", "full"]
 METHODS: tuple[str, ...] = ("slora", "fedavg_lora", "fedavg_full")
+AGGREGATIONS: tuple[str, ...] = ("weighted_mean", "trimmed_mean", "median")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,18 @@ class FedSettings:
     task: str = "mlp"  # a name in components.federated.tasks.TASKS
     task_args: dict[str, Any] = field(default_factory=dict)  # the task's own settings (paths, sizes)
     out_dir: str = ""  # where the server writes history.json and the final deltas ("" = nowhere)
+    # robust aggregation (issue 22): every site's update (its reply minus the round's payload) is clipped in L2
+    # norm before it is combined; see components.federated.server for the bounds
+    aggregation: str = "weighted_mean"  # weighted_mean | trimmed_mean | median (coordinate-wise)
+    trim_fraction: float = 0.2  # trimmed_mean: the share of sites dropped at each end, per coordinate
+    clip_norm: float = 0.0  # a fixed L2 bound on each site's update (0: clip_factor x the round's median norm)
+    clip_factor: float = 5.0  # the adaptive bound's factor (0 with clip_norm 0: no clipping)
+    max_examples: int = 0  # a cap on a site's claimed example count (0: examples_factor x the round's median)
+    examples_factor: float = 10.0  # the adaptive cap's factor (0 with max_examples 0: no cap)
+    # client-level differential privacy (central: the server clips, sums and adds Gaussian noise)
+    dp_noise_multiplier: float = 0.0  # sigma; > 0 turns DP on (or set dp_epsilon)
+    dp_epsilon: float = 0.0  # a target epsilon for the whole run; sigma is solved for it (0: none)
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -51,6 +64,27 @@ class FedSettings:
             raise ValueError("slora needs rounds_sparse >= 1 and rounds_lora >= 1")
         if not 0 < self.density <= 1 or self.rank < 1 or self.min_sites < 1:
             raise ValueError(f"bad federated settings: density={self.density}, rank={self.rank}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"federated aggregation {self.aggregation!r} unknown; choose one of "
+                             f"{', '.join(AGGREGATIONS)}")  # fmt: skip
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if min(self.clip_norm, self.clip_factor, self.max_examples, self.examples_factor) < 0:
+            raise ValueError("clip_norm, clip_factor, max_examples and examples_factor must be >= 0")
+        if self.dp_noise_multiplier < 0 or self.dp_epsilon < 0 or not 0 < self.dp_delta < 1:
+            raise ValueError(f"bad DP settings: noise multiplier {self.dp_noise_multiplier}, "
+                             f"epsilon {self.dp_epsilon}, delta {self.dp_delta} (delta must be in (0, 1))")  # fmt: skip
+        if self.dp_noise_multiplier > 0 and self.dp_epsilon > 0:
+            raise ValueError("DP: set a noise multiplier or a target epsilon, not both")
+        if self.dp and self.clip_norm <= 0:
+            raise ValueError("DP needs a fixed clip_norm > 0 (the sensitivity of each site's update)")
+        if self.dp and self.aggregation != "weighted_mean":
+            raise ValueError(f"DP is accounted for the clipped mean only, not aggregation {self.aggregation!r}")
+
+    @property
+    def dp(self) -> bool:
+        """Whether client-level differential privacy is on."""
+        return self.dp_noise_multiplier > 0 or self.dp_epsilon > 0
 
     @property
     def total_rounds(self) -> int:

@@ -109,6 +109,8 @@ class SLoRAStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        # Flower hands back what aggregate_train returned, possibly changed by a wrapper (DP noise): send that
+        self.server.adopt(from_record(arrays))
         return self._messages(grid, MessageType.TRAIN, server_round)
 
     def _read(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], dict[str, str]]:

@@ -44,3 +44,22 @@ def test_federated_config_is_checked_at_load_time() -> None:
         _ctx("federated.sites=[a,b]", "federated.min_sites=3")
     with pytest.raises(ConfigError, match="federated.mode"):
         _ctx("federated.sites=[a,b]", "federated.mode=cloud")
+
+
+def test_robust_aggregation_and_dp_config_is_checked_at_load_time() -> None:
+    cfg = _ctx("federated.sites=[a,b]", "federated.aggregation=median").config.federated
+    assert cfg.aggregation == "median" and cfg.clip_factor == 5.0 and not cfg.dp.enabled
+    with pytest.raises(ConfigError, match="federated.aggregation"):
+        _ctx("federated.sites=[a,b]", "federated.aggregation=mean")
+    with pytest.raises(ConfigError, match="dp needs federated.clip_norm"):
+        _ctx("federated.sites=[a,b]", "federated.dp.epsilon=8")
+    with pytest.raises(ConfigError, match="not both"):
+        _ctx(
+            "federated.sites=[a,b]",
+            "federated.clip_norm=1",
+            "federated.dp.epsilon=8",
+            "federated.dp.noise_multiplier=1",
+        )
+    with pytest.raises(ConfigError, match="weighted_mean only"):
+        _ctx("federated.sites=[a,b]", "federated.clip_norm=1", "federated.dp.epsilon=8", "federated.aggregation=median")
+    assert _ctx("federated.sites=[a,b]", "federated.clip_norm=1", "federated.dp.epsilon=8").config.federated.dp.enabled
