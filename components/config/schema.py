@@ -347,6 +347,12 @@ class SafetyConfig(Strict):
     xstest: str | None = Field(
         None, description="XSTest CSV for over-refusal (safe prompts refused), pooled with the generated safe prompts."
     )
+    prompt_sets: list[PromptSetConfig] = Field(
+        default_factory=list,
+        description="Prompt sets as data: path, reader (custom | ailuminate | xstest | medsafetybench), format, "
+        "columns, hazard (column, one per file, or a file-name pattern), locale, taxonomy (components/safety/"
+        "prompt_sets.py).",
+    )
     judge: str = Field("refusal", description="Judge: refusal (offline, conservative), llama_guard, openai, ensemble.")
     judge_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -379,12 +385,6 @@ class SafetyConfig(Strict):
 
 class RegistryConfig(Strict):
     name: str = Field("medtune-vlm", min_length=1, description="Registered model name in MLflow's model registry.")
-    prompt_sets: list[PromptSetConfig] = Field(
-        default_factory=list,
-        description="Prompt sets as data: path, reader (custom | ailuminate | xstest | medsafetybench), format, "
-        "columns, hazard (column, one per file, or a file-name pattern), locale, taxonomy (components/safety/"
-        "prompt_sets.py).",
-    )
     policy: str = Field(
         "mlflow/promotion.yaml", description="Promotion policy (gates) file, relative to the workspace."
     )
