@@ -6,6 +6,7 @@ Modules (import the one you need; nothing heavy happens at import)::
     components.training.data         records, image cache, VQ target codes, seeded resumable sampling
     components.training.trainer      train_stage: the loop (AdamW, cosine, accumulation, clipping, checkpoints)
     components.training.checkpoint   atomic checkpoints, RNG capture/restore
+    components.training.precision    fp32 master weights over a bf16/fp16 base, autocast, fp16 loss scaling
     components.training.distributed  torchrun / DDP helpers (gloo on CPU, nccl on GPU)
     components.training.base         bootstrap_base: the tiny base VLM, cached by config + data hash
     components.training.plugins      prepare_model / save_trained / load_trained (the two peft plugins)

@@ -136,12 +136,10 @@ def prepare_model(
         import torch
 
         from components.models.quantize import quantize_language_model
-        from components.training.precision import LOW_PRECISION, base_dtype
+        from components.training.precision import low_precision_dtype
 
-        dtype = base_dtype(model)
-        quantize_language_model(
-            model, quantize, device=device, compute_dtype=dtype if dtype in LOW_PRECISION else torch.bfloat16
-        )
+        compute = low_precision_dtype(model) or torch.bfloat16  # QLoRA computes in bf16 over a float32 base too
+        quantize_language_model(model, quantize, device=device, compute_dtype=compute)
     model = attach_plugins(model, adapter)
     load_base_plugins(model.lm, imported)
     return model

@@ -27,8 +27,7 @@ underflows small gradients); bf16 needs none.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,14 +37,12 @@ from torch import Tensor, nn
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def base_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of most of ``model``'s floating-point parameters (float32 when it has none): the base's dtype.
-    Packed 4-/8-bit weights (integer storage) are not counted."""
-    counts: Counter[torch.dtype] = Counter()
-    for param in model.parameters():
-        if param.is_floating_point():
-            counts[param.dtype] += param.numel()
-    return counts.most_common(1)[0][0] if counts else torch.float32
+def low_precision_dtype(model: nn.Module) -> torch.dtype | None:
+    """bfloat16 (or float16) when any floating-point parameter of ``model`` has that dtype, else None: a float32
+    tensor that trains next to one of them needs autocast to meet it. Packed 4-/8-bit weights (integer storage)
+    are not counted; bfloat16 wins over float16 in a model that holds both."""
+    found = {p.dtype for p in model.parameters() if p.dtype in LOW_PRECISION}
+    return torch.bfloat16 if torch.bfloat16 in found else (torch.float16 if found else None)
 
 
 def upcast_trainable(model: nn.Module, names: Iterable[str]) -> Callable[[], None]:
@@ -85,10 +82,10 @@ class Precision:
         cls, model: nn.Module, trainable: Iterable[str], device: torch.device, *, bf16: bool = True
     ) -> Precision:
         """Upcast ``trainable`` to float32 and choose the autocast (see the module docstring)."""
-        base = base_dtype(model)
+        low = low_precision_dtype(model)
         restore = upcast_trainable(model, trainable)
-        if base in LOW_PRECISION:
-            dtype: torch.dtype | None = base
+        if low is not None:
+            dtype: torch.dtype | None = low
         elif device.type == "cuda" and bf16:
             dtype = torch.bfloat16
         else:
@@ -117,9 +114,3 @@ class Precision:
             return
         self.scaler.step(optimizer)
         self.scaler.update()
-
-
-def dtypes_of(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, torch.dtype]:
-    """Parameter name -> dtype (all parameters, or ``names``): what the tests and the GPU check report."""
-    wanted = set(names) if names is not None else None
-    return {n: p.dtype for n, p in model.named_parameters() if wanted is None or n in wanted}

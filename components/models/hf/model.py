@@ -127,6 +127,9 @@ class HFVLM(nn.Module):
         feats = self.family.encode(self.vision, images, [self.levels[t] for t in present])
         per_image: list[Tensor | None] = [None] * len(image_tasks)
         for task, level_feats in zip(present, feats, strict=True):
+            # a float32 (trainable: master weights) projector over a bf16 tower: CPU autocast does not cast every
+            # op a family's projector uses (Gemma 3's raw matmul), so the features meet the projector's dtype
+            level_feats = level_feats.to(next(self.projectors[task].parameters()).dtype)
             rows = [i for i, t in enumerate(image_tasks) if t == task]
             index = torch.tensor(rows, device=level_feats.device)
             for i, tokens in zip(

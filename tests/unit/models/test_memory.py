@@ -18,7 +18,7 @@ from components.training.stages import freeze_for
 from components.training.trainer import answer_loss_sum
 
 SHAPE = VLMArgs(vision_hidden=32, vision_layers=2, vision_heads=2, image_size=32, patch_size=8, lm_hidden=64,
-                lm_layers=4, lm_heads=4, lm_intermediate=172, max_positions=256)  # fmt: skip
+                lm_layers=3, lm_heads=4, lm_intermediate=172, max_positions=256)  # fmt: skip
 
 
 def tiny_model() -> MedVLM:
@@ -40,7 +40,9 @@ def batch(model: MedVLM, rows: int = 4, seq: int = 128) -> tuple[dict[str, objec
             "tasks": ["comprehension"] * rows}, labels  # fmt: skip
 
 
-def grads_and_peak(checkpointing: bool, stage: int | str) -> tuple[dict[str, torch.Tensor], float]:
+def grads_and_peak(
+    checkpointing: bool, stage: int | str, measure: bool = True
+) -> tuple[dict[str, torch.Tensor], float]:
     model = tiny_model()
     freeze_for(model, stage, "comprehension")
     if checkpointing:
@@ -54,21 +56,28 @@ def grads_and_peak(checkpointing: bool, stage: int | str) -> tuple[dict[str, tor
         grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         model.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    peak = step_memory(step)["peak"]
+    step()  # warm-up (and the gradients when nothing is measured)
+    peak = step_memory(step)["peak"] if measure else float("nan")
     return grads, peak
 
 
 def test_checkpointing_cuts_peak_step_memory_and_keeps_the_gradients() -> None:
-    for stage in (3, "base"):  # adapters over a frozen base; everything, vision tower included
-        plain, peak_off = grads_and_peak(False, stage)
-        ckpt, peak_on = grads_and_peak(True, stage)
-        assert peak_on < 0.6 * peak_off, (stage, peak_on, peak_off)  # measured ~0.35 (benchmarks/README.md)
-        assert plain.keys() == ckpt.keys() and plain
-        for name in plain:
-            torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
-        if stage == "base":
-            assert any(n.startswith("vision.") for n in ckpt)
+    """The base stage: everything trains, vision tower included (the profiler's timeline is slow: one setting)."""
+    plain, peak_off = grads_and_peak(False, "base")
+    ckpt, peak_on = grads_and_peak(True, "base")
+    assert peak_on < 0.6 * peak_off, (peak_on, peak_off)  # measured 0.43 here; ~0.35 at 4 layers (benchmarks/)
+    assert plain.keys() == ckpt.keys() and any(n.startswith("vision.") for n in ckpt)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_checkpointing_keeps_the_adapter_stages_gradients() -> None:
+    """Stage 3: plugins and projector over the frozen base; recomputation gives the same gradients."""
+    plain, _ = grads_and_peak(False, 3, measure=False)
+    ckpt, _ = grads_and_peak(True, 3, measure=False)
+    assert plain.keys() == ckpt.keys() and any("hlora_" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_checkpointing_reaches_a_whole_hf_vlm(tmp_path: Path) -> None:

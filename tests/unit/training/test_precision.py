@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.training.precision import Precision, base_dtype, upcast_trainable
+from components.training.precision import Precision, low_precision_dtype, upcast_trainable
 from components.training.stages import trainable_parameters
 from components.training.trainer import TrainArgs, train_stage
 from tests.unit.training.conftest import ModelFactory, pools_and_collate
@@ -52,7 +52,7 @@ def test_upcast_keeps_the_parameter_objects_and_ties() -> None:
     head.weight = emb.weight  # tied, as Gemma's embedding and head
     model = torch.nn.ModuleDict({"emb": emb, "head": head, "frozen": torch.nn.Linear(4, 4).to(torch.bfloat16)})
     param = emb.weight
-    assert base_dtype(model) == torch.bfloat16
+    assert low_precision_dtype(model) == torch.bfloat16 and low_precision_dtype(torch.nn.Linear(2, 2)) is None
     restore = upcast_trainable(model, ["emb.weight", "head.weight"])
     assert emb.weight is param and head.weight is param and param.dtype == torch.float32
     assert model["frozen"].weight.dtype == torch.bfloat16
