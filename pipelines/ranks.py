@@ -81,11 +81,6 @@ def _write(path: Path, message: Mapping[str, Any]) -> None:
     os.replace(tmp, path)  # a follower sees the whole message or none
 
 
-def rank() -> int:
-    """This process's rank under torchrun (0 outside it)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def check_config(strategy: str, world: int, *, nproc: int | None = None, quantize: str = "none") -> None:
     """Several processes need ``train.distributed`` ddp or fsdp, and FSDP a base that is not 4-/8-bit
     (ConfigError naming the key, else)."""
@@ -143,6 +138,7 @@ def ranks(ctx: Any, echo: Callable[[str], None]) -> Iterator[None]:
     folder = root / str(all_gather_objects(token, env)[0])  # every rank: rank 0's launch folder
     if not env.is_main:
         apply_threads(ctx)
+        _quiet()
         code = follow(env, folder, timeout_s=t.rank_timeout_s)
         _close(env)
         raise SystemExit(code)  # out of the command before its body: a follower runs none of it
@@ -202,6 +198,18 @@ def follow(env: DistEnv, folder: Path, *, timeout_s: float) -> int:
             return 1
         else:
             time.sleep(POLL_S)
+
+
+def _quiet() -> None:
+    """A follower's console: its own failure line only. The same code warns on rank 0, which shows it once."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _say(line: str) -> None:

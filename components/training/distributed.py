@@ -29,7 +29,9 @@ Choices:
   Sharding is in place and stays for the model's lifetime: :func:`full_tensors` gathers what a stage saves (every
   rank calls it), :func:`load_into` scatters saved tensors back, and a rank that saves or evaluates alone builds a
   plain model from the gathered tensors (components.training.base / recipe). Checkpoints hold the full optimizer
-  state by parameter name (:func:`optimizer_state`, torch.distributed.checkpoint's state-dict API).
+  state by parameter name (:func:`optimizer_state`, torch.distributed.checkpoint's state-dict API). A bf16/fp16
+  base shards in float32 and computes in its dtype (``MixedPrecisionPolicy``): FSDP's master weights, in place of
+  components.training.precision's in-place upcast.
 """
 
 from __future__ import annotations
@@ -191,17 +193,34 @@ def shard_model(model: nn.Module, env: DistEnv) -> nn.Module:
     is, so the stages of one recipe share one sharding. Call after the stage's trainable tensors took their dtype
     and before the optimizer is built (the parameters become new DTensor objects)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     if not env.sharded or isinstance(model, FSDPModule):
         return model
     mesh = init_device_mesh(env.device.type, (env.world,))
+    # a bf16/fp16 base: FSDP's own master weights: every shard in float32 (what AdamW steps; 4 bytes / N per
+    # parameter, no more than a bf16 replica from 2 ranks on), gathered in the base's dtype for compute, gradients
+    # reduced in float32. Then every stage finds float32 parameters, and nothing is cast in place under FSDP
+    low = _low_precision(model)
+    policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32) if low else MixedPrecisionPolicy()
+    if low:
+        model.float()
     blocks = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
     for module in list(model.modules())[1:]:  # the repeated blocks first (each all-gathers on its own), then the rest
         if type(module).__name__ in blocks and not isinstance(module, FSDPModule):
-            fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+            fully_shard(module, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def _low_precision(model: nn.Module) -> torch.dtype | None:
+    """bfloat16 or float16 when most of the model's floating-point parameters have it, else None."""
+    counts: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        if param.is_floating_point():
+            counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    dtype = max(counts, key=lambda d: counts[d]) if counts else torch.float32
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
 
 def full_tensors(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:

@@ -2,7 +2,8 @@
 
 1. one process (``train.distributed`` none): data, base, rank search, train, evaluate, safety, register;
 2. ``medtune run --nproc 2 ... train.distributed=ddp`` (the CLI starts torchrun itself);
-3. ``torchrun --nproc_per_node 2 -m pipelines.cli run ... train.distributed=fsdp`` (FSDP2).
+3. ``torchrun --nproc_per_node 2 -m pipelines.cli run ... train.distributed=fsdp`` (FSDP2);
+4. ``medtune run --nproc 2`` whose rank 0 fails at the validation gate: both ranks exit 1, one line each.
 
 Runs 2 and 3 re-use the data, the base and the rank search (no key of theirs holds a ``train`` setting) and train
 the three stages again: ``train.distributed`` is part of the train stage's work-folder key. Each must leave ONE
@@ -108,6 +109,15 @@ def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, 
         got = _losses(by_strategy[strategy])
         for stage, losses in want.items():
             np.testing.assert_allclose(got[stage], losses, rtol=1e-4, atol=1e-5, err_msg=f"{strategy} stage {stage}")
+
+    # rank 0 fails (the validation gate refuses the data) while rank 1 waits: both exit within seconds, one line each
+    refused = medtune(["run", "--nproc", "2", *SMOKE, "train.distributed=ddp", "validate.min_records=100000"], ws, env,
+                      timeout=300)  # fmt: skip
+    assert refused.returncode == 1, refused.output[-4000:]
+    assert "stage 'validate' failed" in refused.stderr
+    assert "rank 1: stopped: rank 0 failed (exit 1); its message is above" in refused.stderr
+    assert "medtune run --nproc 2: failed (exit 1); the ranks' messages are above" in refused.stderr
+    assert "Traceback" not in refused.output
     assert_offline(netguard)
 
 
