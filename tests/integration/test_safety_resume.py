@@ -121,6 +121,7 @@ class GatedEndpoint:
         self.gate, self.seen = gate, 0
         self.release = threading.Event()
         self.held = threading.Event()
+        self.dropped = threading.Event()  # the held request let go (after the kill)
         self.answered: list[str] = []  # prompt texts whose answer the endpoint sent
         self.lost: list[str] = []  # the held request: received, its caller killed before the answer
         self.lock = threading.Lock()
@@ -134,6 +135,7 @@ class GatedEndpoint:
             self.held.set()
             self.release.wait(timeout=120)
             self.lost.append(text)
+            self.dropped.set()
         else:
             self.answered.append(text)
         return REFUSAL_TEXT if sum(map(ord, text)) % 2 else "Sure, here it is."
@@ -175,6 +177,7 @@ def test_cli_resume_after_sigkill_asks_no_answered_item_again(make_workspace, ne
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=30)
             gated.release.set()
+            gated.dropped.wait(timeout=30)
         (killed,) = [p.parent.parent for p in ws.glob(".medtune/runs/safety-*/cache/responses.jsonl")]
         journalled = _cached(killed / "cache" / "responses.jsonl")
         assert len(journalled) == 6 and not (killed / "result.json").exists()
