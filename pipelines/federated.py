@@ -65,7 +65,7 @@ def federated_stage(
             trim_fraction=cfg.trim_fraction, clip_norm=cfg.clip_norm, clip_factor=cfg.clip_factor,
             max_examples=cfg.max_examples, examples_factor=cfg.examples_factor,
             dp_noise_multiplier=cfg.dp.noise_multiplier or 0.0, dp_epsilon=cfg.dp.epsilon or 0.0,
-            dp_delta=cfg.dp.delta,
+            dp_delta=cfg.dp.delta, secure_aggregation=cfg.secure_aggregation,
             task_args={"model_dir": str(model_dir), "dataset": str(ctx.path(ctx.config.data.out)),
                        "sites_dir": str(work / "sites")},
         )  # fmt: skip

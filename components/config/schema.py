@@ -488,6 +488,11 @@ class FederatedConfig(Strict):
     dp: FederatedDPConfig = Field(
         default_factory=FederatedDPConfig, description="Client-level differential privacy (off unless set)."
     )
+    secure_aggregation: bool = Field(
+        False,
+        description="Flower's SecAgg+: the server learns only the sum of the sites' updates (needs 3+ sites "
+        "to survive a dropout; weighted_mean only).",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -505,6 +510,8 @@ class FederatedConfig(Strict):
             raise ValueError("rounds_sparse + rounds_lora must be at least 1")
         if self.dp.enabled and self.clip_norm <= 0:
             raise ValueError("dp needs federated.clip_norm > 0 (each site's update bound is the DP sensitivity)")
+        if self.secure_aggregation and self.aggregation != "weighted_mean":
+            raise ValueError(f"secure_aggregation sums the updates: aggregation {self.aggregation} needs each one")
         if self.dp.enabled and self.aggregation != "weighted_mean":
             raise ValueError(f"dp is accounted for aggregation weighted_mean only, not {self.aggregation}")
         return self

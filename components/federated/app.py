@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from components.federated.client import evaluate_payload, local_round
 from components.federated.results import write_results
+from components.federated.secagg import is_secure, read_fitins, run_secure, secagg_when_asked, secure_reply
 from components.federated.server import FederatedServer
 from components.federated.settings import FedSettings
 from components.federated.strategy import ARRAYS, CONFIG, SLoRAStrategy, from_record, reply_content
@@ -61,13 +62,19 @@ def cached_task(settings: FedSettings, site: SiteRef | None) -> FedTask:
     return _TASKS[key]
 
 
-def run_server(grid: Grid, settings: FedSettings) -> FederatedServer:
-    """All rounds of ``settings`` on ``grid``; the history goes to ``settings.out_dir`` even when a round fails."""
+def run_server(grid: Grid, settings: FedSettings, context: Context | None = None) -> FederatedServer:
+    """All rounds of ``settings`` on ``grid``; the history goes to ``settings.out_dir`` even when a round fails.
+    With ``secure_aggregation`` the rounds run Flower's SecAgg+ workflow (it needs the ServerApp's ``context``)."""
     targets, heads = shapes(cached_task(settings, None))
     server = FederatedServer(settings, targets, heads)
     strategy = SLoRAStrategy(server)
     try:
-        strategy.start(grid, strategy.arrays(), num_rounds=settings.total_rounds, timeout=settings.round_timeout)
+        if settings.secure_aggregation:
+            if context is None:
+                raise ValueError("secure aggregation needs the ServerApp's context")
+            strategy.final_eval = run_secure(grid, context, server)
+        else:
+            strategy.start(grid, strategy.arrays(), num_rounds=settings.total_rounds, timeout=settings.round_timeout)
     except BaseException as e:
         if settings.out_dir:
             write_results(settings.out_dir, server, strategy.final_eval, status="failed", error=str(e))
@@ -83,14 +90,14 @@ def make_server_app(settings: FedSettings | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, settings or FedSettings.from_config(context.run_config))
+        run_server(grid, settings or FedSettings.from_config(context.run_config), context)
 
     return app
 
 
 def make_client_app(settings: FedSettings | None = None) -> ClientApp:
     """A ClientApp with ``settings`` bound in, or (None) read from the run config."""
-    app = ClientApp()
+    app = ClientApp(mods=[secagg_when_asked])  # SecAgg+'s masking, for the messages of a secure round only
 
     def setup(msg: Message, context: Context) -> tuple[FedSettings, FedTask, dict[str, Any]]:
         s = settings or FedSettings.from_config(context.run_config)
@@ -98,6 +105,13 @@ def make_client_app(settings: FedSettings | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        if is_secure(msg):  # SecAgg+: validate and clip here, the mod masks the update after
+            s = settings or FedSettings.from_config(context.run_config)
+            task = cached_task(s, site_of(context.node_config))
+            payload, server_round = read_fitins(msg)
+            out, metrics = local_round(task, s, payload, server_round)
+            content = secure_reply(s, payload, out, metrics, task.num_examples(), task.site)
+            return Message(content, reply_to=msg)
         s, task, arrays = setup(msg, context)
         server_round = int(msg.content.config_records[CONFIG]["server-round"])  # type: ignore[arg-type]
         out, metrics = local_round(task, s, arrays, server_round)

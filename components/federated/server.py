@@ -354,11 +354,55 @@ class FederatedServer:
                 f"missing {record.missing}), fewer than min_sites={self.settings.min_sites}"
             )
         self.state = self._combine(good, record)
+        return self._advance(record)
+
+    def _advance(self, record: RoundRecord) -> RoundRecord:
         self.history.append(record)
         self.round += 1
         if not self.finished and self.settings.phase(self.round) != self.phase:
             self._enter(self.settings.phase(self.round))
         return record
+
+    def apply_aggregate(
+        self,
+        update: Mapping[str, np.ndarray],
+        *,
+        sites: Mapping[str, Mapping[str, float]],
+        sent: int,
+        failed: Mapping[str, str] | None = None,
+        seconds: float = 0.0,
+    ) -> RoundRecord:
+        """Secure aggregation: add the sites' weighted mean ``update`` (all the server sees) to the state, after
+        validating it (keys, shapes, NaN/Inf and, with ``clip_norm``, its norm: a mean of clipped updates cannot
+        exceed the bound). ``sites`` holds the per-site metrics that travel in the clear."""
+        record = RoundRecord(self.round, self.phase, seconds=seconds)
+        failed = failed or {}
+        record.sites = {site: dict(m) for site, m in sites.items()}
+        record.accepted = sorted(sites)
+        record.rejected.update({node: f"no update: {reason}" for node, reason in failed.items()})
+        record.missing = max(0, sent - len(sites) - len(failed))
+        record.bytes_down = sent * payload_bytes(self.state)
+        record.bytes_up = len(sites) * payload_bytes(update)
+        reason = check_update(update, self.expected())
+        bound = self.settings.clip_norm
+        if reason is None and bound > 0:
+            slack = 4.0 * bound / (1 << 21) * math.sqrt(sum(np.size(v) for v in update.values()))  # quantization
+            record.clip_bound = bound
+            if (norm := flat_norm(update)) > bound * (1 + 1e-6) + slack:
+                reason = f"the aggregate's norm {norm:.4g} exceeds clip_norm {bound:g}: a site did not clip"
+        if reason is None and len(sites) < self.settings.min_sites:
+            reason = f"{len(sites)} sites in the sum, fewer than min_sites={self.settings.min_sites}"
+        if reason is not None:
+            self.history.append(record)
+            raise RoundFailed(f"round {self.round}: secure aggregate refused: {reason}")
+        mean = {k: np.asarray(update[k], np.float64) for k in self.state}
+        if self.privacy is not None:
+            std = self.privacy.noise_multiplier * bound / len(sites)
+            for key in mean:
+                mean[key] = mean[key] + self._noise.normal(0.0, std, size=mean[key].shape)
+            record.noise_std, record.epsilon = std, self.privacy.step()
+        self.state = {k: (self.state[k].astype(np.float64) + mean[k]).astype(np.float32) for k in self.state}
+        return self._advance(record)
 
     def adopt(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Take ``arrays`` as this round's global state: what a Flower strategy wrapper (e.g. central DP noise)

@@ -54,6 +54,7 @@ class FedSettings:
     dp_noise_multiplier: float = 0.0  # sigma; > 0 turns DP on (or set dp_epsilon)
     dp_epsilon: float = 0.0  # a target epsilon for the whole run; sigma is solved for it (0: none)
     dp_delta: float = 1e-5
+    secure_aggregation: bool = False  # Flower's SecAgg+: the server learns only the sum (components.federated.secagg)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,6 +79,8 @@ class FedSettings:
             raise ValueError("DP: set a noise multiplier or a target epsilon, not both")
         if self.dp and self.clip_norm <= 0:
             raise ValueError("DP needs a fixed clip_norm > 0 (the sensitivity of each site's update)")
+        if self.secure_aggregation and self.aggregation != "weighted_mean":
+            raise ValueError(f"secure aggregation sums the updates: aggregation {self.aggregation!r} needs each one")
         if self.dp and self.aggregation != "weighted_mean":
             raise ValueError(f"DP is accounted for the clipped mean only, not aggregation {self.aggregation!r}")
 

@@ -133,3 +133,14 @@ def test_settings_round_trip_through_a_flower_run_config() -> None:
         FedSettings.from_config({"bogus": 1})
     with pytest.raises(ValueError, match="slora needs rounds_sparse >= 1"):
         FedSettings(method="slora", rounds_sparse=0)
+
+
+def test_the_flower_app_config_names_every_setting() -> None:
+    """The SuperLink refuses `flwr run -c key=value` for a key the FAB's [tool.flwr.app.config] lacks."""
+    import tomllib
+    from pathlib import Path
+
+    fab = Path(__file__).resolve().parents[3] / "infra" / "flower" / "pyproject.toml"
+    config = tomllib.loads(fab.read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(config) == set(FedSettings().to_config())
+    assert FedSettings.from_config(config) == FedSettings(rounds_sparse=2, rounds_lora=3, node_wait_timeout=60.0)
