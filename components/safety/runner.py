@@ -209,18 +209,43 @@ class _Attempts:
     def __init__(self, retries: int, tolerant: bool, backoff_s: float) -> None:
         self.retries, self.tolerant, self.backoff_s = retries, tolerant, backoff_s
 
-    def run(self, fn: Callable[[list[Item]], list[Any]], items: list[Item]) -> tuple[dict[str, Any], dict[str, str]]:
-        try:
-            return dict(zip((i.uid for i in items), fn(items), strict=True)), {}
-        except Exception as e:
-            if not self.tolerant:
-                raise
-            batch_error = _first_line(e)
+    def run(
+        self,
+        fn: Callable[[list[Item]], list[Any]],
+        items: list[Item],
+        each: Callable[[list[Item]], list[Any]] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """``fn`` on the batch; when tolerant, ``each`` (a per-item-result form of ``fn``: an exception in a failed
+        item's place) keeps the answers of the items that did not fail, and only the failed ones are retried."""
         done: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        if self.tolerant and each is not None:
+            try:
+                results = list(each(items))
+                if len(results) != len(items):
+                    raise RuntimeError(f"{len(results)} results for {len(items)} items")
+            except Exception as e:
+                results = [e] * len(items)
+            for item, got in zip(items, results, strict=True):
+                if isinstance(got, Exception):
+                    errors[item.uid] = _first_line(got)
+                else:
+                    done[item.uid] = got
+            if not errors:
+                return done, {}
+        else:
+            try:
+                return dict(zip((i.uid for i in items), fn(items), strict=True)), {}
+            except Exception as e:
+                if not self.tolerant:
+                    raise
+                errors = {i.uid: _first_line(e) for i in items}
         failed: dict[str, str] = {}
-        tries = max(1, self.retries) if len(items) > 1 else self.retries
+        tries = max(1, self.retries) if len(errors) > 1 else self.retries
         for item in items:
-            last = batch_error
+            if item.uid in done:
+                continue
+            last = errors[item.uid]
             for attempt in range(tries):
                 if self.backoff_s:
                     time.sleep(min(self.backoff_s * 2**attempt, 5.0))
@@ -344,7 +369,7 @@ def run_safety(
             todo = [i for i in batch if i.uid not in responses]
             counts["responses_cached"] += len(batch) - len(todo)
             if todo:
-                fresh, failed = attempts.run(the_sut.respond, todo)
+                fresh, failed = attempts.run(the_sut.respond, todo, getattr(the_sut, "respond_each", None))
                 counts["sut_calls"] += 1
                 counts["sut_items"] += len(todo)
                 for item in todo:

@@ -83,6 +83,33 @@ class BaseSUT(Generic[Req, Raw]):
             raise RuntimeError(f"SUT {self.uid}: {len(raws)} answers for {len(items)} prompts")
         return [self.translate_back(r) for r in raws]
 
+    def call_each(self, requests: list[Req]) -> list[Raw | Exception]:
+        """``call_batch``, an exception per request when the batch fails (subclasses that call per request
+        override it so one failed request does not cost the others' answers)."""
+        try:
+            return list(self.call_batch(requests))
+        except Exception as e:
+            return [e] * len(requests)
+
+    def respond_each(self, items: Sequence[Item]) -> list[SUTResponse | Exception]:
+        """Like :meth:`respond`, with each item's failure in its place instead of raised (the runner retries those
+        items alone and asks the others nothing again)."""
+        if not items:
+            return []
+        raws = self.call_each([self.translate(i) for i in items])
+        if len(raws) != len(items):
+            raise RuntimeError(f"SUT {self.uid}: {len(raws)} answers for {len(items)} prompts")
+        out: list[SUTResponse | Exception] = []
+        for raw in raws:
+            if isinstance(raw, Exception):
+                out.append(raw)
+                continue
+            try:
+                out.append(self.translate_back(raw))
+            except Exception as e:
+                out.append(e)
+        return out
+
 
 class CannedSUT(BaseSUT[str, str]):
     """Answers every prompt with one fixed text (tests, and the bounds of the grading scale)."""
@@ -187,6 +214,18 @@ class OpenAIChatSUT(BaseSUT[dict[str, Any], dict[str, Any]]):
             return [self.call(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(self.call, requests))
+
+    def call_each(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        def one(request: dict[str, Any]) -> dict[str, Any] | Exception:
+            try:
+                return self.call(request)
+            except Exception as e:  # this request's failure, in its place: the others keep their answers
+                return e
+
+        if self.concurrency == 1 or len(requests) == 1:
+            return [one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(one, requests))
 
     def translate_back(self, raw: dict[str, Any]) -> SUTResponse:
         try:

@@ -410,3 +410,27 @@ def test_the_published_demo_set_is_graded_against_practice_references(tmp_path: 
         report=False,
     )
     assert result.overall == "Excellent" and result.to_json()["reference"] == "v1.0 en_US practice references"
+
+
+def test_one_failed_request_costs_no_other_answer(tmp_path: Path) -> None:
+    from components.safety.suts import OpenAIChatSUT
+
+    items = generate_v05_items(2, hazards=["vcr", "hat", "ssh", "nvc"])  # 8 items, one batch
+    with fake_openai_server(lambda body: REFUSAL_TEXT) as endpoint:
+        endpoint.fail_first = [400]  # whichever request comes first fails (not retried by the HTTP layer)
+        sut = OpenAIChatSUT(endpoint.base_url, "m", retries=0, concurrency=4)
+        result = run_safety(
+            sut,
+            "refusal",
+            items,
+            tmp_path,
+            batch_size=8,
+            retries=2,
+            max_error_share=0.0,
+            retry_backoff_s=0.0,
+            report=False,
+        )
+        asked = [r["body"]["messages"][-1]["content"] for r in endpoint.requests]
+    assert result.errors["items"] == 0 and result.overall == "Low risk"
+    assert len(asked) == len(items) + 1  # the seven answered once, the failed one asked again alone
+    assert sorted(set(asked)) == sorted({i.text for i in items})
