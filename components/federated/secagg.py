@@ -208,11 +208,32 @@ class SecureSLoRA(LegacyStrategy):
         return None
 
 
+def _tolerant_workflow_class() -> type:
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+        """Flower 1.42's SecAgg+ workflow, except that a site which drops before it has shared its keys (stage 0
+        or 1) counts as never sampled. Flower keeps it among the sampled nodes and then, in the unmask stage, asks
+        for shares of its key that were never made ("Not enough shares to recover secret"), halting the round,
+        though no survivor masked anything with it (a site masks only with the sites whose shares reached it)."""
+
+        def share_keys_stage(self, grid: Grid, context: Any, state: Any) -> bool:
+            ok = bool(super().share_keys_stage(grid, context, state))
+            dropped = set(state.sampled_node_ids) - set(state.active_node_ids)
+            if dropped:
+                log.warning("SecAgg+: %d site(s) dropped before sharing keys; the round goes on without them",
+                            len(dropped))  # fmt: skip
+            state.sampled_node_ids = set(state.active_node_ids)
+            return ok
+
+    return DropoutTolerantSecAggPlus
+
+
 def run_secure(grid: Grid, context: Context, server: FederatedServer) -> dict[str, dict[str, float]]:
     """Every training round of ``server`` under SecAgg+, then the final evaluation at every site (medtune's
     message, in the clear: it carries metrics only). Returns the final per-site evaluation."""
     from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow import DefaultWorkflow
 
     from components.federated.strategy import SLoRAStrategy
 
@@ -220,7 +241,7 @@ def run_secure(grid: Grid, context: Context, server: FederatedServer) -> dict[st
     strategy = SecureSLoRA(server)
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=s.total_rounds), strategy=strategy)
     workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(
+        fit_workflow=_tolerant_workflow_class()(
             num_shares=1.0,  # every site shares its keys with every other (the sites are few)
             reconstruction_threshold=max(2, s.min_sites),  # shares that recover a dropped site's masks
             max_weight=max_weight(s),
