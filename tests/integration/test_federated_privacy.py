@@ -1,14 +1,21 @@
-"""SecAgg+ in deployment (issue 22 acceptance, without TLS/node auth yet): a SuperLink and 3 SuperNodes on loopback,
-one SIGKILLed when its first SecAgg+ message arrives, ``min_sites: 2``: the run finishes on the two others, whose
-masks cancel without the dead one, and the model equals plain FedAvg of the same two sites (in process, no SecAgg)
-within SecAgg+'s quantization.
+"""Federated privacy in deployment (issue 22), on loopback:
+
+- SecAgg+: a SuperLink and 3 SuperNodes, one SIGKILLed when its first SecAgg+ message arrives, ``min_sites: 2``:
+  the run finishes on the two others, whose masks cancel without the dead one, and the model equals plain FedAvg
+  of the same two sites (in process, no SecAgg) within SecAgg+'s quantization.
+- TLS and SuperNode authentication: certificates and node keys generated for the test; the SuperLink serves TLS
+  only and accepts only registered node keys; a SuperNode with an unregistered key is refused, the run finishes on
+  the two registered ones.
 
     .venv/bin/pytest tests/integration/test_federated_privacy.py
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,12 +23,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from safetensors.numpy import load_file
 
 from components.federated.inprocess import run_in_process
 from components.federated.settings import FedSettings
 from components.federated.tasks import SiteRef, make_task
-from tests.integration.test_federated import SETTINGS, Cluster, cluster  # noqa: F401, F811 (the fixture)
+from tests.integration.conftest import BIN, free_port
+from tests.integration.test_federated import CONNECTION, SETTINGS, Cluster, cluster  # noqa: F401, F811 (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +77,80 @@ def test_secagg_plus_survives_a_killed_supernode_and_equals_plain_fedavg(cluster
     assert set(got) == set(reference)
     for key, want in reference.items():
         np.testing.assert_allclose(got[key], want, atol=2e-6)
+
+
+def _tls_material(d: Path) -> None:
+    """A CA, the SuperLink's certificate for 127.0.0.1 (PEM), and per-node ECDSA P-384 keys (OpenSSH, Flower's
+    format) named good-0, good-1 (to be registered) and evil (not)."""
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=2))
+    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medtune test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0]).not_valid_after(valid[1])
+        .add_extension(x509.SubjectAlternativeName(names), critical=False).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem, none = serialization.Encoding.PEM, serialization.NoEncryption()
+    (d / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (d / "server.pem").write_bytes(cert.public_bytes(pem))
+    (d / "server.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, none))
+    for name in ("good-0", "good-1", "evil"):
+        node = ec.generate_private_key(ec.SECP384R1())
+        (d / name).write_bytes(node.private_bytes(pem, serialization.PrivateFormat.OpenSSH, none))
+        ssh = serialization.Encoding.OpenSSH
+        (d / f"{name}.pub").write_bytes(node.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH))
+
+
+def test_tls_and_authenticated_supernodes_refuse_an_unregistered_node(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    _tls_material(tls)
+    home = Path(cluster.env["FLWR_HOME"])
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{cluster.port}"\nroot-certificates = "{tls / "ca.crt"}"\n'
+    )  # TLS: no `insecure`
+    cluster._start(
+        "superlink",
+        [str(BIN / "flower-superlink"), "--port", str(cluster.port), "--ssl-ca-certfile", str(tls / "ca.crt"),
+         "--ssl-certfile", str(tls / "server.pem"), "--ssl-keyfile", str(tls / "server.key"),
+         "--enable-supernode-auth", "--disable-runtime-dependency-installation"],
+    )  # fmt: skip
+    for _ in range(60):  # registering a node key also proves the Control API answers over TLS
+        reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(tls / "good-0.pub"), CONNECTION],
+                             env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        if "registered successfully" in reg.stdout:
+            break
+        assert cluster.procs["superlink"].poll() is None, cluster.log("superlink")
+        time.sleep(1)
+    else:
+        raise AssertionError(f"could not register a node key: {reg.stdout[-2000:]}{reg.stderr[-2000:]}")
+    reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(tls / "good-1.pub"), CONNECTION],
+                         env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "registered successfully" in reg.stdout, reg.stdout + reg.stderr
+    for pid, key in enumerate(["good-0", "good-1", "evil"]):
+        cluster._start(
+            f"node{pid}",
+            [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{cluster.port}", "--root-certificates",
+             str(tls / "ca.crt"), "--auth-supernode-private-key", str(tls / key), "--port", str(free_port()),
+             "--node-config", f"partition-id={pid} num-partitions=3", "--max-wait-time", "60"],
+        )  # fmt: skip
+    out = tmp_path / "out"
+    settings = {**SETTINGS, "method": "fedavg_full", "rounds_sparse": 0, "rounds_lora": 1, "local_steps": 2,
+                "node_wait_timeout": 30.0}  # fmt: skip
+    result = cluster.run(out, timeout=300, **settings)
+    where = f"flwr run exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+    assert (out / "history.json").is_file(), where + "\nsuperlink log:\n" + cluster.log("superlink")
+    history = json.loads((out / "history.json").read_text())
+    assert history["status"] == "finished", history["error"] + "\n" + where
+    assert [sorted(r["accepted"]) for r in history["rounds"]] == [["site-0", "site-1"]]
+    assert sorted(history["final"]) == ["site-0", "site-1"]  # the unregistered site-2 never took part
+    assert "No SuperNode found with the given public key" in cluster.log("superlink")
