@@ -154,3 +154,43 @@ def test_tls_and_authenticated_supernodes_refuse_an_unregistered_node(cluster: C
     assert [sorted(r["accepted"]) for r in history["rounds"]] == [["site-0", "site-1"]]
     assert sorted(history["final"]) == ["site-0", "site-1"]  # the unregistered site-2 never took part
     assert "No SuperNode found with the given public key" in cluster.log("superlink")
+
+
+def test_superlink_starts_without_the_venv_on_path(tmp_path: Path) -> None:
+    """Flower's own `flower-superlink` cannot start its `flower-superexec` unless the venv is on PATH; medtune's
+    launcher can."""
+    import os
+    import socket
+
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
+    flags = ["--insecure", "--disable-runtime-dependency-installation"]
+
+    def start(cmd: list[str], name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+        port, log = free_port(), tmp_path / f"{name}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([*cmd, *flags, "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+        return proc, port, log
+
+    def listening(port: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    flower, _, flower_log = start([str(BIN / "flower-superlink")], "flower")
+    ours, port, ours_log = start([str(BIN / "python"), "-m", "components.federated.launch", "superlink"], "ours")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (listening(port) and "SuperExec" in ours_log.read_text()):
+            assert ours.poll() is None, ours_log.read_text()[-3000:]
+            time.sleep(0.3)
+        time.sleep(3)  # the SuperExec is started at this point; a missing one fails the start-up
+        assert ours.poll() is None and listening(port), ours_log.read_text()[-3000:]
+        assert "flower-superexec" not in ours_log.read_text()
+        flower.wait(timeout=60)  # Flower's own command exits: it cannot find flower-superexec
+        assert "No such file or directory: 'flower-superexec'" in flower_log.read_text()
+    finally:
+        for proc in (flower, ours):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=30)
