@@ -7,8 +7,10 @@ not loopback; :func:`assert_offline` fails the test if one was attempted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -111,13 +113,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CREATE_MLFLOW_STORE = """
+import sys
+from components.tracking.runs import ensure_store
+ensure_store(sys.argv[1])
+"""
+
+
+@pytest.fixture(scope="session")
+def empty_stores(tmp_path_factory: pytest.TempPathFactory, netguard: dict[str, str]) -> Path:
+    """A state folder holding only Prefect's and MLflow's empty SQLite databases, created once per session by the
+    libraries' own migrations (``prefect server database upgrade``; medtune's :func:`ensure_store`, which runs
+    MLflow's): :func:`make_workspace` copies them into every workspace, instead of each workspace's first command
+    migrating both from scratch (3-6 s of CPU per workspace, 25-30 s of wall time on the shared 2-core machine at a
+    load of 10: SQLite's many small schema transactions). The first start in a bare state
+    folder is still tested where it is the point: the concurrency test's fixture (two runs racing on the creation of
+    the stores) and every test that calls ``medtune init`` itself."""
+    root = tmp_path_factory.mktemp("empty-stores")
+    state, home = root / "state", root / "home"
+    home.mkdir()
+    env = cli_env(netguard, HOME=str(home), PREFECT_HOME=str(state / "prefect"),
+                  PREFECT_SERVER_MEMO_STORE_PATH=str(state / "prefect" / "memo_store.toml"))  # fmt: skip
+    (state / "prefect").mkdir(parents=True)
+    mlflow_uri = f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
+    for args in ([str(BIN / "prefect"), "server", "database", "upgrade", "-y"],
+                 [sys.executable, "-c", CREATE_MLFLOW_STORE, mlflow_uri]):  # fmt: skip
+        r = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert (state / "prefect" / "prefect.db").is_file() and (state / "mlflow" / "mlflow.db").is_file()
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == []
+    return state
+
+
+def copy_empty_stores(stores: Path, ws: Path) -> None:
+    """The session's empty stores into ``ws/.medtune``, as the first command in ``ws`` would have created them:
+    MLflow's ``Default`` experiment (which medtune does not use) points at ``<cwd>/mlruns/0`` of the creating
+    process, so at the workspace's."""
+    import sqlite3
+
+    state = ws / ".medtune"
+    # the temporary server's database, the one of `medtune schedule` and `medtune watch` (pipelines/schedule.py:
+    # <state>/prefect/server), MLflow's store
+    copies = {"prefect/prefect.db": "prefect/prefect.db", "prefect/server/prefect.db": "prefect/prefect.db",
+              "mlflow/mlflow.db": "mlflow/mlflow.db"}  # fmt: skip
+    for target, source in copies.items():
+        (state / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stores / source, state / target)
+    with contextlib.closing(sqlite3.connect(state / "mlflow" / "mlflow.db")) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(ws / "mlruns" / "0"),))
+
+
 @pytest.fixture
-def make_workspace(tmp_path: Path, netguard: dict[str, str]) -> Any:
+def make_workspace(tmp_path: Path, netguard: dict[str, str], empty_stores: Path) -> Any:
     def make(name: str = "ws") -> Path:
         ws = tmp_path / name
         r = medtune(["init", str(ws)], tmp_path, cli_env(netguard))
         assert r.returncode == 0, r.output
         git_commit_all(ws)
+        copy_empty_stores(empty_stores, ws)
         return ws
 
     return make
