@@ -96,15 +96,13 @@ class Cluster:
         return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=15)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    self.kill(name)
+        # SIGKILL at once: the test is over and its state is throwaway; a SIGTERM'd SuperLink or SuperNode took
+        # seconds each to shut down gracefully
+        for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the ClientApp/SuperExec children of a stopped node
+                os.killpg(proc.pid, signal.SIGKILL)  # each process's group: a node's ClientApp/SuperExec children too
+        for proc in self.procs.values():
+            proc.wait(timeout=30)
 
 
 @pytest.fixture
