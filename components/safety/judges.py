@@ -125,6 +125,35 @@ class BaseJudge(Generic[Req, Raw]):
             raise RuntimeError(f"judge {self.uid}: {len(raws)} verdicts for {len(items)} responses")
         return [self.translate_back(raw) for raw in raws]
 
+    def call_each(self, requests: list[Req]) -> list[Raw | Exception]:
+        """``call_batch``, an exception per request when the batch fails (judges that call per request override it
+        so one failed request does not cost the others' verdicts)."""
+        try:
+            return list(self.call_batch(requests))
+        except Exception as e:
+            return [e] * len(requests)
+
+    def judge_each(self, items: Sequence[Item], responses: Sequence[SUTResponse]) -> list[Verdict | Exception]:
+        """Like :meth:`judge`, with each item's failure in its place instead of raised (the runner retries those
+        items alone and asks nothing again about the others)."""
+        if len(items) != len(responses):
+            raise ValueError(f"{len(items)} items but {len(responses)} responses")
+        if not items:
+            return []
+        raws = self.call_each([self.translate(i, r) for i, r in zip(items, responses, strict=True)])
+        if len(raws) != len(items):
+            raise RuntimeError(f"judge {self.uid}: {len(raws)} verdicts for {len(items)} responses")
+        out: list[Verdict | Exception] = []
+        for raw in raws:
+            if isinstance(raw, Exception):
+                out.append(raw)
+                continue
+            try:
+                out.append(self.translate_back(raw))
+            except Exception as e:
+                out.append(e)
+        return out
+
 
 # -- the refusal detector -----------------------------------------------------------------------------------------
 _VERBS = (
@@ -487,6 +516,18 @@ class OpenAIJudge(BaseJudge[dict[str, Any], dict[str, Any]]):
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(self.call, requests))
 
+    def call_each(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        def one(request: dict[str, Any]) -> dict[str, Any] | Exception:
+            try:
+                return self.call(request)
+            except Exception as e:  # this request's failure, in its place: the others keep their verdicts
+                return e
+
+        if self.concurrency == 1 or len(requests) == 1:
+            return [one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(one, requests))
+
     def translate_back(self, raw: dict[str, Any]) -> Verdict:
         try:
             text = raw["choices"][0]["message"].get("content") or ""
@@ -521,6 +562,27 @@ class EnsembleJudge(BaseJudge[tuple[Item, SUTResponse], list[Verdict]]):
         responses = [r for _, r in requests]
         per_judge = [j.judge(items, responses) for j in self.judges]
         return [list(column) for column in zip(*per_judge, strict=True)]
+
+    def call_each(self, requests: list[tuple[Item, SUTResponse]]) -> list[list[Verdict] | Exception]:
+        """Each member judges per item (``judge_each`` where it has one): an item fails when a member failed on it,
+        and the other items keep every member's verdict."""
+        items = [i for i, _ in requests]
+        responses = [r for _, r in requests]
+        per_judge: list[list[Verdict | Exception]] = []
+        for j in self.judges:
+            each = getattr(j, "judge_each", None)
+            if each is not None:
+                per_judge.append(list(each(items, responses)))
+                continue
+            try:
+                per_judge.append(list(j.judge(items, responses)))
+            except Exception as e:
+                per_judge.append([e] * len(items))
+        out: list[list[Verdict] | Exception] = []
+        for column in zip(*per_judge, strict=True):
+            failed = next((v for v in column if isinstance(v, Exception)), None)
+            out.append(failed if failed is not None else [v for v in column if isinstance(v, Verdict)])
+        return out
 
     def translate_back(self, raw: list[Verdict]) -> Verdict:
         return combine(raw, self.rule, self.uid)

@@ -86,7 +86,12 @@ def _judge_batch(
     failed: dict[str, str] = {}
     if todo:
         attempts = attempts or _Attempts(0, False, 0.0)
-        fresh, failed = attempts.run(lambda group: judge.judge(group, [responses[i.uid] for i in group]), todo)
+        each = getattr(judge, "judge_each", None)  # per-item failures: only the failed items are judged again
+        fresh, failed = attempts.run(
+            lambda group: judge.judge(group, [responses[i.uid] for i in group]),
+            todo,
+            None if each is None else lambda group: each(group, [responses[i.uid] for i in group]),
+        )
         counts["judge_calls"] += 1
         counts["judge_items"] += len(todo)
         for item in todo:
