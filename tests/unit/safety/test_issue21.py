@@ -38,7 +38,7 @@ def test_llama_guard_3_answers_are_read_with_its_own_categories() -> None:
     v3 = parse_llama_guard("unsafe\nS10", "lg3", LLAMA_GUARD_3_CATEGORIES, 3)
     assert (v3.safe, v3.categories, v3.names, v3.error) == (False, ("S10",), ("S10 Hate",), "")
     both = parse_llama_guard("\n\nunsafe\nS11,S14", "lg3", LLAMA_GUARD_3_CATEGORIES, 3)
-    assert both.names == ("S11 Suicide & Self-Harm", "S14 Code Interpreter Abuse") and not both.error
+    assert both.names == ("S11 Self-Harm", "S14 Code Interpreter Abuse") and not both.error
     assert parse_llama_guard("safe", "lg3", LLAMA_GUARD_3_CATEGORIES, 3).safe
     assert len(LLAMA_GUARD_3_CATEGORIES) == 14 and LLAMA_GUARD_3_CATEGORIES["S13"] == "Elections"
     assert LLAMA_GUARD_4_CATEGORIES == LLAMA_GUARD_3_CATEGORIES
@@ -56,7 +56,8 @@ def test_openai_judge_version_sets_categories_prompt_and_uid() -> None:
         judge = OpenAIJudge(endpoint.base_url, "guard", version=3, concurrency=1)
         verdict = judge.judge([_item()], [SUTResponse("Sure.")])[0]
         prompt = endpoint.requests[0]["body"]["messages"][0]["content"]
-    assert "S14: Code Interpreter Abuse." in prompt and "S11: Suicide & Self-Harm." in prompt
+    # the prompt format's names (llama-cookbook LLAMA_GUARD_3_CATEGORY, the chat template), not the card's
+    assert "S14: Code Interpreter Abuse." in prompt and "S11: Self-Harm." in prompt and "S3: Sex Crimes." in prompt
     assert verdict.names == ("S12 Sexual Content",) and not verdict.error
     assert judge.uid.endswith(":instruction:lg3")
     assert OpenAIJudge("http://x/v1", "guard").uid == "openai_judge:guard@http://x/v1:instruction"
