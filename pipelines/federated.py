@@ -97,18 +97,7 @@ def federated_stage(
                 meta={"method": cfg.method, "sites": cfg.sites, "rounds": settings.total_rounds, "source": model_dir},
             )  # fmt: skip
         _log_history(session, run_id, history)
-        if privacy := history.get("privacy"):  # client-level DP: the whole run's guarantee (issue 22)
-            session.log_metrics(
-                run_id,
-                {
-                    "federated/dp_epsilon_total": float(privacy["epsilon"]),
-                    "federated/dp_noise_multiplier": float(privacy["noise_multiplier"]),
-                },
-            )
-            echo(
-                f"federated: client-level DP, epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
-                f"(noise multiplier {privacy['noise_multiplier']:.3g}, clip {privacy['clip_norm']:g}, Opacus RDP)"
-            )
+        _log_privacy(session, run_id, history, echo)
         for name in (HISTORY, PLOT):
             if (out / name).is_file():
                 session.log_artifact(run_id, out / name, "federated")
@@ -123,6 +112,26 @@ def federated_stage(
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(float(v))}
+
+
+def _log_privacy(session: Any, run_id: str, history: dict[str, Any], echo: Echo) -> None:
+    """Client-level DP: the whole run's guarantee on the stage run and the console (issue 22); per round, the
+    epsilon spent so far is ``federated/dp_epsilon`` (from the round summaries, :func:`_log_history`)."""
+    privacy = history.get("privacy")
+    if not privacy:
+        return
+    session.log_metrics(
+        run_id,
+        {
+            "federated/dp_epsilon_total": float(privacy["epsilon"]),
+            "federated/dp_noise_multiplier": float(privacy["noise_multiplier"]),
+        },
+    )
+    session.log_params(run_id, {"federated.dp_accountant": privacy["accountant"]})
+    echo(
+        f"federated: client-level DP, epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
+        f"(noise multiplier {privacy['noise_multiplier']:.3g}, clip {privacy['clip_norm']:g}, Opacus RDP)"
+    )
 
 
 def _log_history(session: Any, run_id: str, history: dict[str, Any]) -> None:

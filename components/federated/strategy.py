@@ -10,7 +10,9 @@ Bounded waits, since a lost site must not hang a run: ``configure_train`` waits 
 for ``min_sites`` connected SuperNodes (Flower's own node sampling waits forever), and ``start`` passes
 ``round_timeout`` to every ``send_and_receive``. A SuperNode that dies mid-round comes back as an error reply
 (the SuperLink notices the missing heartbeat) or not at all before the timeout; either way the round averages
-the sites that answered, as long as at least ``min_sites`` valid updates arrived. Client-side evaluation of each
+the sites that answered, as long as at least ``min_sites`` valid updates arrived. A node that answered an earlier
+round is named by its site in the round record (Flower knows only node ids; the site name rides on each reply),
+one that never answered by ``node-<id>``. Client-side evaluation of each
 round's global model rides on the training message (see :func:`~components.federated.client.local_round`); one
 evaluation message after the last round scores the final model at every site.
 """
@@ -77,6 +79,8 @@ class SLoRAStrategy(Strategy):
         self.final_eval: dict[str, dict[str, float]] = {}
         self._sent = 0
         self._started = 0.0
+        self._nodes_sent: list[int] = []
+        self.site_of: dict[int, str] = {}  # Flower node id -> site name, learnt from the node's earlier replies
 
     def arrays(self) -> ArrayRecord:
         return to_record(self.server.payload())
@@ -103,7 +107,7 @@ class SLoRAStrategy(Strategy):
         nodes = self._nodes(grid)
         config = ConfigRecord({"server-round": server_round, "phase": self.server.phase})
         record = RecordDict({ARRAYS: self.arrays(), CONFIG: config})
-        self._sent, self._started = len(nodes), time.perf_counter()
+        self._sent, self._started, self._nodes_sent = len(nodes), time.perf_counter(), nodes
         return [Message(content=record, message_type=kind, dst_node_id=node) for node in nodes]
 
     def configure_train(
@@ -116,18 +120,30 @@ class SLoRAStrategy(Strategy):
     def _read(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], dict[str, str]]:
         good: list[Reply] = []
         bad: dict[str, str] = {}
+        answered: set[int] = set()
         for msg in replies:
+            node = msg.metadata.src_node_id
+            answered.add(node)
             if msg.has_error():
-                bad[f"node-{msg.metadata.src_node_id}"] = msg.error.reason or "error reply"
-                log.warning("round %d: node %s failed: %s", server_round, msg.metadata.src_node_id, msg.error.reason)
+                bad[self.name(node)] = msg.error.reason or "error reply"
+                log.warning("round %d: %s failed: %s", server_round, self.name(node), msg.error.reason)
                 continue
             parsed = parse_reply(msg)
             if isinstance(parsed, str):
-                bad[f"node-{msg.metadata.src_node_id}"] = parsed
+                bad[self.name(node)] = parsed
                 log.warning("round %d: %s", server_round, parsed)
             else:
+                self.site_of[node] = parsed.site
                 good.append(parsed)
+        for node in self._nodes_sent:  # no reply at all before the round timeout
+            if node not in answered and self.site_of.get(node):
+                bad[self.name(node)] = "no reply before the round timeout"
+                log.warning("round %d: %s did not answer", server_round, self.name(node))
         return good, bad
+
+    def name(self, node: int) -> str:
+        """A node's site name once it has answered a round, else ``node-<id>``."""
+        return self.site_of.get(node) or f"node-{node}"
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -144,3 +144,25 @@ def test_the_flower_app_config_names_every_setting() -> None:
     config = tomllib.loads(fab.read_text())["tool"]["flwr"]["app"]["config"]
     assert set(config) == set(FedSettings().to_config())
     assert FedSettings.from_config(config) == FedSettings(rounds_sparse=2, rounds_lora=3, node_wait_timeout=60.0)
+
+
+def test_a_site_that_fails_after_answering_once_is_named(flower_identity: None) -> None:
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord
+
+    strategy = SLoRAStrategy(FederatedServer(FedSettings(method="fedavg_full", min_sites=1, rounds_lora=3),
+                                             TARGETS, HEADS))  # fmt: skip
+    grid = SimpleNamespace(get_node_ids=lambda: [11, 12, 13])
+    sent = list(strategy.configure_train(1, strategy.arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    names = dict(zip((11, 12, 13), ("site-a", "site-b", "site-c"), strict=True))
+    replies = [Message(reply_content(names[m.metadata.dst_node_id], _update(1.0), {}, 10), reply_to=m) for m in sent]
+    strategy.aggregate_train(1, replies)  # a reply's source is the node its request went to
+    sent = list(strategy.configure_train(2, strategy.arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    ok = Message(reply_content("site-a", _update(1.0), {}, 10), reply_to=sent[0])
+    dead = Message(Error(code=0, reason="Node Unavailable"), reply_to=sent[2])
+    strategy.aggregate_train(2, [ok, dead])  # node 12 (site-b) never answers
+    record = strategy.server.history[-1]
+    assert record.accepted == ["site-a"] and record.missing == 0
+    assert record.rejected == {"site-c": "no update: Node Unavailable",
+                               "site-b": "no update: no reply before the round timeout"}  # fmt: skip

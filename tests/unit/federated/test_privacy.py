@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -212,3 +213,43 @@ def test_flowers_dp_wrapper_around_the_slora_strategy_keeps_its_noise(flower_ide
     # a payload that does not fit is refused with the reason
     with pytest.raises(ValueError, match="do not fit: wrong keys"):
         strategy.configure_train(2, to_record({"x": np.zeros(1, np.float32)}), ConfigRecord(), grid)  # type: ignore[arg-type]
+
+
+def test_the_stage_logs_epsilon_per_round_and_per_run(tmp_path: Any) -> None:
+    from components.federated.results import read_history, write_results
+    from pipelines.federated import _log_history, _log_privacy
+
+    settings = FedSettings(method="fedavg_full", rounds_sparse=0, rounds_lora=2, local_steps=1, clip_norm=0.5,
+                           dp_noise_multiplier=1.1)  # fmt: skip
+    server = run_in_process(settings, _mlp_sites(2))
+    write_results(tmp_path, server, {}, status="finished")
+    history = read_history(tmp_path)
+
+    class Session:
+        def __init__(self) -> None:
+            self.metrics: list[tuple[dict[str, float], int | None]] = []
+            self.params: dict[str, Any] = {}
+
+        def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+            self.metrics.append((metrics, step))
+
+        def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+            self.params.update(params)
+
+        def child(self, *a: Any, **k: Any) -> Any:
+            import contextlib
+
+            return contextlib.nullcontext("child")
+
+        def log_dict(self, *a: Any) -> None:
+            pass
+
+    session, lines = Session(), []
+    _log_history(session, "run", history)
+    _log_privacy(session, "run", history, lines.append)
+    per_round = {step: m["federated/dp_epsilon"] for m, step in session.metrics if "federated/dp_epsilon" in m}
+    assert per_round == {1: server.history[0].epsilon, 2: server.history[1].epsilon} and per_round[2] > per_round[1]
+    total = [m for m, step in session.metrics if "federated/dp_epsilon_total" in m]
+    assert total == [{"federated/dp_epsilon_total": server.history[1].epsilon, "federated/dp_noise_multiplier": 1.1}]
+    assert history["privacy"]["releases"] == 2 and session.params["federated.dp_accountant"] == "opacus RDP"
+    assert len(lines) == 1 and f"epsilon {server.history[1].epsilon:.3g} at delta 1e-05" in lines[0]
