@@ -74,6 +74,8 @@ def test_sigkill_midway_then_resume_asks_nothing_twice(tmp_path: Path, netguard:
     env = cli_env(netguard, PYTHONPATH=os.pathsep.join([netguard["PYTHONPATH"], str(REPO)]))
 
     first = _start(driver, run_dir, "1", 0.25, env)
+    # the unbroken reference run needs nothing of the others: it starts now, while the first one sleeps in its SUT
+    fresh = _start(driver, tmp_path / "fresh", "fresh", 0.0, env)
     deadline = time.monotonic() + 120
     try:
         while len(_cached(run_dir / "cache" / "verdicts.jsonl")) < 12:  # three batches judged and on disk
@@ -102,7 +104,6 @@ def test_sigkill_midway_then_resume_asks_nothing_twice(tmp_path: Path, netguard:
     assert report["calls"]["responses_cached"] == len(responded)
     assert report["calls"]["verdicts_cached"] == len(judged)
 
-    fresh = _start(driver, tmp_path / "fresh", "fresh", 0.0, env)
     fresh_out, fresh_err = fresh.communicate(timeout=120)
     assert fresh.returncode == 0, fresh_err
     assert json.loads(fresh_out)["grades"] == report["grades"]  # the resumed run grades like an unbroken one
@@ -145,7 +146,7 @@ def test_cli_resume_after_sigkill_asks_no_answered_item_again(make_workspace, ne
     import yaml
 
     ws = make_workspace()
-    texts = {f"p{n}": f"Question {n} about {h}?" for n, h in enumerate(HAZARDS * 2)}
+    texts = {f"p{n}": f"Question {n} about {h}?" for n, h in enumerate(HAZARDS)}  # one prompt per hazard
     rows = [f"{uid},{text},{text.split()[-1][:-1]},normal,en_US,h{uid}\n" for uid, text in texts.items()]
     (ws / "set.csv").write_text("release_prompt_id,prompt_text,hazard,persona,locale,prompt_hash\n" + "".join(rows))
     config = ws / "configs" / "default.yaml"
