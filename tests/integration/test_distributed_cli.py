@@ -65,6 +65,26 @@ def _torchrun(args: list[str], ws: Path, env: dict[str, str]) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def _kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a torchrun command: its ranks first (torchrun starts each in a session of its own), then torchrun."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(signal.SIGKILL)
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with its output in ``log`` (a file: a pipe nobody reads could fill and stall it)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    assert proc.wait(timeout=timeout) == 0, log.read_text(errors="replace")[-3000:]
+
+
 def _losses(work_dir: str) -> dict[int, list[float]]:
     return {k: json.loads((Path(work_dir) / f"stage{k}" / "done.json").read_text())["losses"] for k in (1, 2, 3)}
 
@@ -132,8 +152,9 @@ def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, 
 def test_a_killed_fsdp_run_resumes_from_its_checkpoint_like_an_uninterrupted_one(toy: Any, tmp_path: Path) -> None:  # noqa: F811
     """FSDP checkpoints hold the whole optimizer state by parameter name (gathered from the shards) and every
     rank's RNG: two processes SIGKILLed mid-stage and started again end where an uninterrupted run ends, bit for
-    bit (the recipe command, a tiny model; dropout on, so the per-rank RNG restore counts too)."""
-    stages = ("--stage-steps", "1=24,2=4,3=4", "--checkpoint-every", "4", "--dropout", "0.1", "--lr", "5e-3")
+    bit (the recipe command, a tiny model; dropout on, so the per-rank RNG restore counts too). Stages 2 and 3 take
+    two steps: the kill lands in stage 1; they show that what follows the resumed stage is unchanged too."""
+    stages = ("--stage-steps", "1=24,2=2,3=2", "--checkpoint-every", "4", "--dropout", "0.1", "--lr", "5e-3")
 
     def command(out: Path) -> list[str]:
         return [
@@ -152,12 +173,8 @@ def test_a_killed_fsdp_run_resumes_from_its_checkpoint_like_an_uninterrupted_one
             assert proc.poll() is None, "the run ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint appeared within 240 s"
             time.sleep(0.02)
-    finally:  # torchrun starts each rank in a session of its own: SIGKILL the ranks, then torchrun
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.send_signal(signal.SIGKILL)
-        proc.kill()
-        proc.wait(timeout=30)
+    finally:
+        _kill_tree(proc)
     assert not (killed / "stage1" / "done.json").exists(), "killed after stage 1 finished: not a mid-stage kill"
     state = json.loads(next(ckpts.glob("step-*/state.json")).read_text())
     assert state["sharded"] is True and state["world"] == 2
@@ -179,7 +196,8 @@ def test_a_killed_fsdp_run_resumes_from_its_checkpoint_like_an_uninterrupted_one
 def test_fsdp_over_a_bf16_base_trains_like_one_process(toy: Any, tmp_path: Path) -> None:  # noqa: F811
     """A bf16 base under FSDP shards in float32 and gathers in bf16 (MixedPrecisionPolicy); one process upcasts the
     trainable tensors in place (components/training/precision.py). Same global batches, so the losses agree within
-    bf16 rounding (measured with 6 steps in each of the three stages: at most 1.2e-3 apart, losses near 5)."""
+    bf16 rounding (measured with 6 steps in each of the three stages: at most 1.2e-3 apart, losses near 5). The two
+    runs share nothing but their inputs: they run side by side."""
     args = replace(TINY, dtype="bfloat16")
     train = [r for r in read_records(toy["dataset"]) if r["split"] == "train"]
     torch.manual_seed(0)
@@ -191,14 +209,17 @@ def test_fsdp_over_a_bf16_base_trains_like_one_process(toy: Any, tmp_path: Path)
         "--experts", "2", "--batch-size", "4", "--threads", "1", "--no-evaluate", "--stages", "1,2", "--steps", "4",
         "--checkpoint-every", "0", "--dropout", "0", "--lr", "5e-3",
     ]  # fmt: skip
-    one = subprocess.run([sys.executable, *recipe, "--out", str(tmp_path / "one")], env=ENV, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
     torchrun = [str(BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(free_port())]  # fmt: skip
-    two = subprocess.run([*torchrun, *recipe, "--out", str(tmp_path / "two"), "--distributed", "fsdp"], env=ENV,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = _start([*torchrun, *recipe, "--out", str(tmp_path / "two"), "--distributed", "fsdp"], tmp_path / "two.log",
+                 ENV)  # fmt: skip
+    try:
+        one = _start([sys.executable, *recipe, "--out", str(tmp_path / "one")], tmp_path / "one.log", ENV)
+        _finish(one, tmp_path / "one.log")
+        _finish(two, tmp_path / "two.log")
+    finally:
+        if two.poll() is None:
+            _kill_tree(two)
     for stage in (1, 2):
         a = json.loads((tmp_path / "one" / f"stage{stage}" / "done.json").read_text())["losses"]
         b = json.loads((tmp_path / "two" / f"stage{stage}" / "done.json").read_text())["losses"]
