@@ -11,6 +11,7 @@ read their settings (and decide on telemetry) at import time. A value the user s
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import warnings
@@ -163,6 +164,10 @@ def configure_environment(state: StatePaths) -> None:
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # peft imports bitsandbytes wherever it is installed (the test extra carries it); on an AVX-512 CPU its import
+    # logs "Failed to load CPU gemm_4bit_forward from kernels-community" (an optional kernel fetched from the Hugging
+    # Face hub, which medtune never reaches) on every command's console. Its errors still show.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 # -- CPUs and threads (issue 17, item 2) --------------------------------------------------------------------------
