@@ -4,13 +4,16 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.medtune-installed
 
-.PHONY: run test unit integration lint bench ui setup clean
+.PHONY: run test test-slow unit integration lint bench ui setup clean
 
 run: $(STAMP)            ## the retrain flow on the embedded default
 	$(BIN)/medtune run
 
 test: $(STAMP)           ## lint, types, unit and integration tests
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest -q
+
+test-slow: $(STAMP)      ## the slow tier only (several processes, kill-at-every-step, extra retrains); ~10 min
+	$(BIN)/pytest -q --slow -m slow
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -22,6 +22,30 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+SLOW_ENV = "MEDTUNE_SLOW_TESTS"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help=f"also run the slow tier (tests marked slow; or set {SLOW_ENV}=1): `make test-slow` runs it alone",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tier: deep variants of what the default tier already covers (several processes, a SIGKILL at each
+    step, a whole extra retrain), kept out of `make test` so it stays near 15 minutes on 2 cores. `make test-slow`
+    runs them; they are skipped, saying so, otherwise."""
+    if config.getoption("--slow") or os.environ.get(SLOW_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with `make test-slow` (pytest --slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with a clear message when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

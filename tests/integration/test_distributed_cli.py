@@ -89,6 +89,7 @@ def _losses(work_dir: str) -> dict[int, list[float]]:
     return {k: json.loads((Path(work_dir) / f"stage{k}" / "done.json").read_text())["losses"] for k in (1, 2, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2400)  # three smoke retrains, two of them as two processes, on 2 shared cores
 def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, netguard) -> None:
     ws = make_workspace()
@@ -149,6 +150,7 @@ def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, 
     assert_offline(netguard)
 
 
+@pytest.mark.slow
 def test_a_killed_fsdp_run_resumes_from_its_checkpoint_like_an_uninterrupted_one(toy: Any, tmp_path: Path) -> None:  # noqa: F811
     """FSDP checkpoints hold the whole optimizer state by parameter name (gathered from the shards) and every
     rank's RNG: two processes SIGKILLed mid-stage and started again end where an uninterrupted run ends, bit for
@@ -193,6 +195,7 @@ def test_a_killed_fsdp_run_resumes_from_its_checkpoint_like_an_uninterrupted_one
         assert torch.equal(got[name], value), name
 
 
+@pytest.mark.slow
 def test_fsdp_over_a_bf16_base_trains_like_one_process(toy: Any, tmp_path: Path) -> None:  # noqa: F811
     """A bf16 base under FSDP shards in float32 and gathers in bf16 (MixedPrecisionPolicy); one process upcasts the
     trainable tensors in place (components/training/precision.py). Same global batches, so the losses agree within

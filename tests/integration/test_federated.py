@@ -173,6 +173,7 @@ def test_slora_on_superlink_and_two_supernodes(cluster: Cluster, tmp_path: Path)
     assert (out / "rounds.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_run_survives_a_supernode_killed_mid_round(cluster: Cluster, tmp_path: Path) -> None:
     cluster.superlink()
     for pid in range(3):

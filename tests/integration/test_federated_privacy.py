@@ -41,6 +41,7 @@ SECURE: dict[str, Any] = {**SETTINGS, "secure_aggregation": True, "clip_norm": 0
                           "round_timeout": 40.0}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_secagg_plus_survives_a_killed_supernode_and_equals_plain_fedavg(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
     cluster.superlink()
     for pid in range(3):

@@ -292,6 +292,7 @@ def _register_fakes(ws: Path, n: int) -> list[str]:
     return versions
 
 
+@pytest.mark.slow
 def test_promote_killed_at_each_step_is_finished_on_the_next_start(
     make_workspace: Any, netguard: dict[str, str]
 ) -> None:

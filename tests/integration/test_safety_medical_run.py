@@ -56,6 +56,7 @@ def _result_of_latest_safety_run(client: Any, experiment: str) -> dict[str, Any]
     return dict(json.loads((folder / "result.json").read_text()))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)  # one smoke retrain (~1-2 min idle) and two canned safety runs
 def test_medsafetybench_set_through_medtune_run_and_canned_suts(make_workspace, netguard, tmp_path: Path) -> None:
     from mlflow import MlflowClient
