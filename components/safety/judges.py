@@ -44,7 +44,7 @@ from components.safety._http import EndpointError, post_json
 from components.safety.ids import folder_fingerprint
 from components.safety.prompts import Item
 from components.safety.registry import Registry
-from components.safety.suts import SUTResponse
+from components.safety.suts import SUTResponse, translate_each
 
 Req = TypeVar("Req")
 Raw = TypeVar("Raw")
@@ -143,16 +143,7 @@ class BaseJudge(Generic[Req, Raw]):
         raws = self.call_each([self.translate(i, r) for i, r in zip(items, responses, strict=True)])
         if len(raws) != len(items):
             raise RuntimeError(f"judge {self.uid}: {len(raws)} verdicts for {len(items)} responses")
-        out: list[Verdict | Exception] = []
-        for raw in raws:
-            if isinstance(raw, Exception):
-                out.append(raw)
-                continue
-            try:
-                out.append(self.translate_back(raw))
-            except Exception as e:
-                out.append(e)
-        return out
+        return translate_each(raws, self.translate_back)
 
 
 # -- the refusal detector -----------------------------------------------------------------------------------------

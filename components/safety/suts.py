@@ -35,6 +35,7 @@ Generate = Callable[[list[str], int, float], list[str]]
 
 Req = TypeVar("Req")
 Raw = TypeVar("Raw")
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,22 @@ class BaseSUT(Generic[Req, Raw]):
         raws = self.call_each([self.translate(i) for i in items])
         if len(raws) != len(items):
             raise RuntimeError(f"SUT {self.uid}: {len(raws)} answers for {len(items)} prompts")
-        out: list[SUTResponse | Exception] = []
-        for raw in raws:
-            if isinstance(raw, Exception):
-                out.append(raw)
-                continue
-            try:
-                out.append(self.translate_back(raw))
-            except Exception as e:
-                out.append(e)
-        return out
+        return translate_each(raws, self.translate_back)
+
+
+def translate_each(raws: Sequence[Any], translate_back: Callable[[Any], Out]) -> list[Out | Exception]:
+    """``translate_back`` of every raw answer, with each failure (a raw exception, or one ``translate_back`` raises)
+    in its place: the per-item paths of SUTs and judges (the runner retries only the failed items)."""
+    out: list[Out | Exception] = []
+    for raw in raws:
+        if isinstance(raw, Exception):
+            out.append(raw)
+            continue
+        try:
+            out.append(translate_back(raw))
+        except Exception as e:
+            out.append(e)
+    return out
 
 
 class CannedSUT(BaseSUT[str, str]):
