@@ -101,8 +101,8 @@ class ProgressLog:
         note = self.between_steps() if self.between_steps is not None else None
         with self._lock:
             now = self.clock()
-            if note:
-                self._emit(f"{self.stage}: {note}", now)
+            if note:  # not a progress line: the throttle's clock stays where it was
+                self.write(f"{self.stage}: {note}, t={now - self.opened:.1f}s")
             p = self.current
             if p is None or p.name != name:
                 announced = loss is None  # a start announcement; otherwise the call ends the first unit of work

@@ -246,3 +246,18 @@ def test_progress_lines_say_when_the_governor_changes_the_count() -> None:
     assert [line.split(", t=")[0] for line in lines] == [
         "base: 1 torch thread (the machine is busy: 3.0 other runnable threads on 2 CPUs)"
     ]
+
+
+def test_a_governor_line_does_not_hold_back_the_next_progress_line() -> None:
+    from pipelines.progress import ProgressLog
+
+    now = [0.0]
+    lines: list[str] = []
+    notes = iter([None, "1 torch thread (the machine is busy: 3.0 other runnable threads on 2 CPUs)"])
+    log = ProgressLog(
+        "train", lines.append, every_seconds=1.0, clock=lambda: now[0], between_steps=lambda: next(notes, None)
+    )
+    log.update("stage 2", 0, 6)
+    now[0] = 1.5  # a progress line is due at this step, and the governor speaks at the same call
+    log.update("stage 2", 1, 6, 0.5)
+    assert any(line.startswith("train: stage 2 1/6 steps, loss 0.5000") for line in lines), lines
