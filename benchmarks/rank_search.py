@@ -68,6 +68,7 @@ class Setup:
     lr: float
     max_len: int
     steps: int  # optimizer steps of one run
+    rank: int = RANK  # the budget: ranks per matrix on average (benchmarks/evidence/elalora.py runs two)
 
 
 class Classifier(nn.Module):
@@ -93,17 +94,18 @@ def build(method: str, setup: Setup, seed: int, model_path: str) -> tuple[Classi
     encoder = AutoModel.from_pretrained(model_path)
     t_init, t_final = setup.steps // 10, setup.steps // 5
     delta = max(1, setup.steps // 25)
+    rank = setup.rank
     if method == "lora":
-        config: Any = LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, target_modules=TARGETS)
+        config: Any = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS)
     elif method == "adalora":
         config = AdaLoraConfig(
-            init_r=12, target_r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, target_modules=TARGETS,
+            init_r=rank + rank // 2, target_r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS,
             total_step=setup.steps, tinit=t_init, tfinal=t_final, deltaT=delta, beta1=0.85, beta2=0.85,
             orth_reg_weight=GAMMA,
         )  # fmt: skip
     else:
         config = ElaLoraConfig(
-            r=RANK, r_max=2 * RANK, lora_alpha=2 * RANK, target_modules=TARGETS, total_step=setup.steps,
+            r=rank, r_max=2 * rank, lora_alpha=2 * rank, target_modules=TARGETS, total_step=setup.steps,
             t_init=t_init, t_final=t_final, delta_t=delta, b0=8, k=2, orth_reg_weight=GAMMA,
         )  # fmt: skip
     peft_encoder = get_peft_model(encoder, config)
