@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -32,7 +32,7 @@ from components.federated.results import write_results
 from components.federated.secagg import is_secure, read_fitins, run_secure, secagg_when_asked, secure_reply
 from components.federated.server import FederatedServer
 from components.federated.settings import FedSettings
-from components.federated.strategy import ARRAYS, CONFIG, SLoRAStrategy, from_record, reply_content
+from components.federated.strategy import ARRAYS, CONFIG, SITE, SLoRAStrategy, from_record, reply_content
 from components.federated.tasks import FedTask, SiteRef, make_task, shapes
 
 log = logging.getLogger("medtune.federated")
@@ -69,10 +69,11 @@ def run_server(grid: Grid, settings: FedSettings, context: Context | None = None
     server = FederatedServer(settings, targets, heads)
     strategy = SLoRAStrategy(server)
     try:
+        names = strategy.identify(grid)  # node id -> site name, so a site lost in its first round is named
         if settings.secure_aggregation:
             if context is None:
                 raise ValueError("secure aggregation needs the ServerApp's context")
-            strategy.final_eval = run_secure(grid, context, server)
+            strategy.final_eval = run_secure(grid, context, server, names)
         else:
             strategy.start(grid, strategy.arrays(), num_rounds=settings.total_rounds, timeout=settings.round_timeout)
     except BaseException as e:
@@ -116,6 +117,12 @@ def make_client_app(settings: FedSettings | None = None) -> ClientApp:
         server_round = int(msg.content.config_records[CONFIG]["server-round"])  # type: ignore[arg-type]
         out, metrics = local_round(task, s, arrays, server_round)
         return Message(reply_content(task.site, out, metrics, task.num_examples()), reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:  # the server asks a node its site name (identify)
+        s = settings or FedSettings.from_config(context.run_config)
+        task = cached_task(s, site_of(context.node_config))
+        return Message(RecordDict({SITE: ConfigRecord({"name": task.site})}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

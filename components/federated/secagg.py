@@ -132,11 +132,15 @@ def secure_reply(
 class SecureSLoRA(LegacyStrategy):
     """A legacy Flower strategy over :class:`FederatedServer` for ``SecAggPlusWorkflow``: it sees the sum only."""
 
-    def __init__(self, server: FederatedServer):
+    def __init__(self, server: FederatedServer, site_of: Mapping[int, str] | None = None):
         self.server = server
         self.settings = server.settings
         self._started = 0.0
-        self._sent = 0
+        self._sent: list[int] = []  # the node ids this round's FitIns went to
+        self.site_of: dict[int, str] = dict(site_of or {})  # node id -> site name (identify, then each reply)
+
+    def name(self, node: int) -> str:
+        return self.site_of.get(node) or f"node-{node}"
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return ndarrays_to_parameters(list(self.server.payload().values()))
@@ -157,7 +161,7 @@ class SecureSLoRA(LegacyStrategy):
         config: dict[str, Scalar] = {KEYS: json.dumps(list(payload)), ROUND: server_round, "phase": self.server.phase}
         fitins = FitIns(ndarrays_to_parameters(list(payload.values())), config)
         clients = client_manager.all()
-        self._sent, self._started = len(clients), time.perf_counter()
+        self._sent, self._started = sorted(int(proxy.node_id) for proxy in clients.values()), time.perf_counter()
         return [(proxy, fitins) for _, proxy in sorted(clients.items())]
 
     def aggregate_fit(
@@ -172,21 +176,36 @@ class SecureSLoRA(LegacyStrategy):
         summed = parameters_to_ndarrays(results[0][1].parameters)  # SecAgg+ put the weighted mean in every one
         if len(summed) != len(keys):
             raise RoundFailed(f"round {server_round}: the aggregate has {len(summed)} arrays, expected {len(keys)}")
-        sites = {str(res.metrics.get(SITE, f"node-{proxy.node_id}")): res for proxy, res in results}
+        for proxy, res in results:
+            if res.metrics.get(SITE):
+                self.site_of[int(proxy.node_id)] = str(res.metrics[SITE])
+        sites = {self.name(int(proxy.node_id)): res for proxy, res in results}
+        # Flower's workflow reports no failures for a site that dropped out mid-protocol (its masks are recovered
+        # from the others' shares): every node the round was sent to and whose masked update is not in the sum
+        answered = {int(proxy.node_id) for proxy, _ in results}
+        failed = {self.name(node): "dropped out of the SecAgg+ round (no masked update in the sum)"
+                  for node in self._sent if node not in answered}  # fmt: skip
+        for i, f in enumerate(failures):
+            if isinstance(f, tuple):
+                failed[self.name(int(f[0].node_id))] = f"failed: {f[1].status.message}"
+            elif not failed:  # an error the workflow could not tie to a node
+                failed[f"failure-{i}"] = str(f)
+        for site, why in sorted(failed.items()):
+            log.warning("round %d: %s %s", server_round, site, why)
         record = self.server.apply_aggregate(
             dict(zip(keys, summed, strict=True)),
             sites={
                 site: {**{k: float(v) for k, v in res.metrics.items() if k != SITE}, "num_examples": res.num_examples}
                 for site, res in sites.items()
             },
-            sent=self._sent,
-            failed={f"failure-{i}": str(f) for i, f in enumerate(failures)},
+            sent=len(self._sent),
+            failed=failed,
             seconds=time.perf_counter() - self._started,
         )
         summary = record.summary()
         log.info(
             "round %d (%s, SecAgg+): %d sites summed, %d failed; val accuracy %.3f; %.1f s",
-            record.round, record.phase, len(record.accepted), len(failures),
+            record.round, record.phase, len(record.accepted), len(failed),
             summary.get("val_accuracy", float("nan")), record.seconds,
         )  # fmt: skip
         return ndarrays_to_parameters(list(self.server.payload().values())), {}
@@ -229,16 +248,19 @@ def _tolerant_workflow_class() -> type:
     return DropoutTolerantSecAggPlus
 
 
-def run_secure(grid: Grid, context: Context, server: FederatedServer) -> dict[str, dict[str, float]]:
+def run_secure(
+    grid: Grid, context: Context, server: FederatedServer, site_of: Mapping[int, str] | None = None
+) -> dict[str, dict[str, float]]:
     """Every training round of ``server`` under SecAgg+, then the final evaluation at every site (medtune's
-    message, in the clear: it carries metrics only). Returns the final per-site evaluation."""
+    message, in the clear: it carries metrics only). Returns the final per-site evaluation. ``site_of`` (node id
+    -> site name, from :meth:`SLoRAStrategy.identify`) names a site that drops out before it ever answers."""
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.workflow import DefaultWorkflow
 
     from components.federated.strategy import SLoRAStrategy
 
     s = server.settings
-    strategy = SecureSLoRA(server)
+    strategy = SecureSLoRA(server, site_of)
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=s.total_rounds), strategy=strategy)
     workflow = DefaultWorkflow(
         fit_workflow=_tolerant_workflow_class()(
@@ -254,6 +276,7 @@ def run_secure(grid: Grid, context: Context, server: FederatedServer) -> dict[st
     if not server.finished:
         raise RoundFailed(f"round {server.round}: secure aggregation halted before the last round")
     plain = SLoRAStrategy(server)
+    plain.site_of.update(strategy.site_of)
     messages = list(plain.configure_evaluate(s.total_rounds, plain.arrays(), ConfigRecord(), grid))
     plain.aggregate_evaluate(s.total_rounds, grid.send_and_receive(messages, timeout=s.round_timeout))
     return plain.final_eval

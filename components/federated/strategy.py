@@ -141,6 +141,23 @@ class SLoRAStrategy(Strategy):
                 log.warning("round %d: %s did not answer", server_round, self.name(node))
         return good, bad
 
+    def identify(self, grid: Grid) -> dict[int, str]:
+        """Ask every connected SuperNode its site name (a query message, no arrays) before the first round, so a
+        site that dies before it ever answers a training round is still named by its site in the round record and
+        the log. A node that does not answer within ``round_timeout`` stays ``node-<id>``; nothing else depends on
+        it."""
+        nodes = self._nodes(grid)
+        asks = [Message(content=RecordDict({CONFIG: ConfigRecord({"ask": SITE})}), message_type=MessageType.QUERY,
+                        dst_node_id=node) for node in nodes]  # fmt: skip
+        for msg in grid.send_and_receive(asks, timeout=self.settings.round_timeout):
+            if msg.has_error() or SITE not in msg.content.config_records:
+                continue
+            name = str(msg.content.config_records[SITE].get("name", ""))
+            if name:
+                self.site_of[msg.metadata.src_node_id] = name
+        log.info("sites: %s", ", ".join(f"{self.name(n)} (node {n})" for n in nodes))
+        return dict(self.site_of)
+
     def name(self, node: int) -> str:
         """A node's site name once it has answered a round, else ``node-<id>``."""
         return self.site_of.get(node) or f"node-{node}"

@@ -1,11 +1,12 @@
 """Federated privacy in deployment (issue 22), on loopback:
 
-- SecAgg+: a SuperLink and 3 SuperNodes, one SIGKILLed when its first SecAgg+ message arrives, ``min_sites: 2``:
-  the run finishes on the two others, whose masks cancel without the dead one, and the model equals plain FedAvg
-  of the same two sites (in process, no SecAgg) within SecAgg+'s quantization.
 - TLS and SuperNode authentication: certificates and node keys generated for the test; the SuperLink serves TLS
   only and accepts only registered node keys; a SuperNode with an unregistered key is refused, the run finishes on
   the two registered ones.
+- The acceptance (slow tier): TLS, authenticated SuperNodes and SecAgg+ on 3 SuperNodes, one SIGKILLed when its
+  first SecAgg+ message arrives, ``min_sites: 2``: the run finishes on the two others, whose masks cancel without
+  the dead one, the dead site is named by its site name, and the model equals plain FedAvg of the same two sites
+  (in process, no SecAgg) within SecAgg+'s quantization.
 
     .venv/bin/pytest tests/integration/test_federated_privacy.py
 """
@@ -41,11 +42,94 @@ SECURE: dict[str, Any] = {**SETTINGS, "secure_aggregation": True, "clip_norm": 0
                           "round_timeout": 40.0}  # fmt: skip
 
 
+def _tls_material(d: Path, nodes: list[str]) -> None:
+    """A CA, the SuperLink's certificate for 127.0.0.1 (PEM), and one ECDSA P-384 key pair per name in ``nodes``
+    (OpenSSH, Flower's format: ``<name>`` and ``<name>.pub``)."""
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=2))
+    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medtune test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0]).not_valid_after(valid[1])
+        .add_extension(x509.SubjectAlternativeName(names), critical=False).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem, none = serialization.Encoding.PEM, serialization.NoEncryption()
+    (d / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (d / "server.pem").write_bytes(cert.public_bytes(pem))
+    (d / "server.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, none))
+    for name in nodes:
+        node = ec.generate_private_key(ec.SECP384R1())
+        (d / name).write_bytes(node.private_bytes(pem, serialization.PrivateFormat.OpenSSH, none))
+        ssh = serialization.Encoding.OpenSSH
+        (d / f"{name}.pub").write_bytes(node.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH))
+
+
+def _secure_cluster(cluster: Cluster, tls: Path, nodes: list[str], register: list[str]) -> None:  # noqa: F811
+    """A SuperLink serving TLS only with SuperNode authentication on; the node keys in ``register`` registered over
+    TLS with ``flwr supernode register``; one SuperNode per name in ``nodes`` (site i = the i-th), each with its
+    own key."""
+    tls.mkdir()
+    _tls_material(tls, [*dict.fromkeys([*nodes, *register])])
+    home = Path(cluster.env["FLWR_HOME"])
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{cluster.port}"\nroot-certificates = "{tls / "ca.crt"}"\n'
+    )  # TLS: no `insecure`
+    cluster._start(
+        "superlink",
+        [str(BIN / "flower-superlink"), "--port", str(cluster.port), "--ssl-ca-certfile", str(tls / "ca.crt"),
+         "--ssl-certfile", str(tls / "server.pem"), "--ssl-keyfile", str(tls / "server.key"),
+         "--enable-supernode-auth", "--disable-runtime-dependency-installation"],
+    )  # fmt: skip
+    for i, key in enumerate(register):
+        for _ in range(60 if i == 0 else 1):  # registering the first key also proves the Control API answers
+            reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(tls / f"{key}.pub"), CONNECTION],
+                                 env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+            if "registered successfully" in reg.stdout:
+                break
+            assert cluster.procs["superlink"].poll() is None, cluster.log("superlink")
+            time.sleep(1)
+        assert "registered successfully" in reg.stdout, f"could not register {key}: {reg.stdout[-2000:]}{reg.stderr}"
+    for pid, key in enumerate(nodes):
+        cluster._start(
+            f"node{pid}",
+            [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{cluster.port}", "--root-certificates",
+             str(tls / "ca.crt"), "--auth-supernode-private-key", str(tls / key), "--port", str(free_port()),
+             "--node-config", f"partition-id={pid} num-partitions={len(nodes)}", "--max-wait-time", "60"],
+        )  # fmt: skip
+
+
+def test_tls_and_authenticated_supernodes_refuse_an_unregistered_node(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    _secure_cluster(cluster, tmp_path / "tls", ["good-0", "good-1", "evil"], register=["good-0", "good-1"])
+    out = tmp_path / "out"
+    settings = {**SETTINGS, "method": "fedavg_full", "rounds_sparse": 0, "rounds_lora": 1, "local_steps": 2,
+                "node_wait_timeout": 30.0}  # fmt: skip
+    result = cluster.run(out, timeout=300, **settings)
+    where = f"flwr run exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+    assert (out / "history.json").is_file(), where + "\nsuperlink log:\n" + cluster.log("superlink")
+    history = json.loads((out / "history.json").read_text())
+    assert history["status"] == "finished", history["error"] + "\n" + where
+    assert [sorted(r["accepted"]) for r in history["rounds"]] == [["site-0", "site-1"]]
+    assert sorted(history["final"]) == ["site-0", "site-1"]  # the unregistered site-2 never took part
+    assert "No SuperNode found with the given public key" in cluster.log("superlink")
+
+
 @pytest.mark.slow
-def test_secagg_plus_survives_a_killed_supernode_and_equals_plain_fedavg(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
-    cluster.superlink()
-    for pid in range(3):
-        cluster.supernode(pid, 3)
+def test_secagg_plus_over_tls_and_node_auth_survives_a_killed_site(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """Issue 22's acceptance: TLS, authenticated SuperNodes and SecAgg+ on 3 sites, site-2 SIGKILLed when SecAgg+'s
+    first message reaches it, ``min_sites: 2``: the run finishes, site-2 is named (by its site, which it never
+    reported in a training reply) in the history and the streamed log, and the model equals plain FedAvg of the
+    same rounds over the two survivors, in the clear."""
+    keys = ["site-a", "site-b", "site-c"]
+    _secure_cluster(cluster, tmp_path / "tls", keys, register=keys)
     out = tmp_path / "out"
     killed: dict[str, float] = {}
 
@@ -70,6 +154,11 @@ def test_secagg_plus_survives_a_killed_supernode_and_equals_plain_fedavg(cluster
     assert history["status"] == "finished", history["error"] + "\n" + where
     assert [sorted(r["accepted"]) for r in history["rounds"]] == [["site-0", "site-1"]] * 2
     assert history["settings"]["secure_aggregation"] is True
+    first = history["rounds"][0]
+    assert list(first["rejected"]) == ["site-2"] and "dropped out of the SecAgg+ round" in first["rejected"]["site-2"]
+    assert first["missing"] == 0
+    assert "site-2 dropped out of the SecAgg+ round" in result.stdout + result.stderr, where
+    assert "No SuperNode found" not in cluster.log("superlink")  # every node authenticated
     # plain FedAvg of the two surviving sites, same settings, in process and in the clear
     plain = FedSettings(**{**SECURE, "secure_aggregation": False})
     tasks = [make_task("mlp", {"seed": plain.seed, **plain.task_args}, SiteRef(i, 3)) for i in range(2)]
@@ -78,83 +167,6 @@ def test_secagg_plus_survives_a_killed_supernode_and_equals_plain_fedavg(cluster
     assert set(got) == set(reference)
     for key, want in reference.items():
         np.testing.assert_allclose(got[key], want, atol=2e-6)
-
-
-def _tls_material(d: Path) -> None:
-    """A CA, the SuperLink's certificate for 127.0.0.1 (PEM), and per-node ECDSA P-384 keys (OpenSSH, Flower's
-    format) named good-0, good-1 (to be registered) and evil (not)."""
-    now = datetime.datetime.now(datetime.UTC)
-    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=2))
-    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medtune test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0]).not_valid_after(valid[1])
-        .add_extension(x509.SubjectAlternativeName(names), critical=False).sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    pem, none = serialization.Encoding.PEM, serialization.NoEncryption()
-    (d / "ca.crt").write_bytes(ca.public_bytes(pem))
-    (d / "server.pem").write_bytes(cert.public_bytes(pem))
-    (d / "server.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, none))
-    for name in ("good-0", "good-1", "evil"):
-        node = ec.generate_private_key(ec.SECP384R1())
-        (d / name).write_bytes(node.private_bytes(pem, serialization.PrivateFormat.OpenSSH, none))
-        ssh = serialization.Encoding.OpenSSH
-        (d / f"{name}.pub").write_bytes(node.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH))
-
-
-def test_tls_and_authenticated_supernodes_refuse_an_unregistered_node(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    _tls_material(tls)
-    home = Path(cluster.env["FLWR_HOME"])
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{cluster.port}"\nroot-certificates = "{tls / "ca.crt"}"\n'
-    )  # TLS: no `insecure`
-    cluster._start(
-        "superlink",
-        [str(BIN / "flower-superlink"), "--port", str(cluster.port), "--ssl-ca-certfile", str(tls / "ca.crt"),
-         "--ssl-certfile", str(tls / "server.pem"), "--ssl-keyfile", str(tls / "server.key"),
-         "--enable-supernode-auth", "--disable-runtime-dependency-installation"],
-    )  # fmt: skip
-    for _ in range(60):  # registering a node key also proves the Control API answers over TLS
-        reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(tls / "good-0.pub"), CONNECTION],
-                             env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
-        if "registered successfully" in reg.stdout:
-            break
-        assert cluster.procs["superlink"].poll() is None, cluster.log("superlink")
-        time.sleep(1)
-    else:
-        raise AssertionError(f"could not register a node key: {reg.stdout[-2000:]}{reg.stderr[-2000:]}")
-    reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(tls / "good-1.pub"), CONNECTION],
-                         env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert "registered successfully" in reg.stdout, reg.stdout + reg.stderr
-    for pid, key in enumerate(["good-0", "good-1", "evil"]):
-        cluster._start(
-            f"node{pid}",
-            [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{cluster.port}", "--root-certificates",
-             str(tls / "ca.crt"), "--auth-supernode-private-key", str(tls / key), "--port", str(free_port()),
-             "--node-config", f"partition-id={pid} num-partitions=3", "--max-wait-time", "60"],
-        )  # fmt: skip
-    out = tmp_path / "out"
-    settings = {**SETTINGS, "method": "fedavg_full", "rounds_sparse": 0, "rounds_lora": 1, "local_steps": 2,
-                "node_wait_timeout": 30.0}  # fmt: skip
-    result = cluster.run(out, timeout=300, **settings)
-    where = f"flwr run exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
-    assert (out / "history.json").is_file(), where + "\nsuperlink log:\n" + cluster.log("superlink")
-    history = json.loads((out / "history.json").read_text())
-    assert history["status"] == "finished", history["error"] + "\n" + where
-    assert [sorted(r["accepted"]) for r in history["rounds"]] == [["site-0", "site-1"]]
-    assert sorted(history["final"]) == ["site-0", "site-1"]  # the unregistered site-2 never took part
-    assert "No SuperNode found with the given public key" in cluster.log("superlink")
 
 
 def test_superlink_starts_without_the_venv_on_path(tmp_path: Path) -> None:
