@@ -66,6 +66,8 @@ def federated_stage(
             max_examples=cfg.max_examples, examples_factor=cfg.examples_factor,
             dp_noise_multiplier=cfg.dp.noise_multiplier or 0.0, dp_epsilon=cfg.dp.epsilon or 0.0,
             dp_delta=cfg.dp.delta, secure_aggregation=cfg.secure_aggregation,
+            dp_adaptive_clipping=cfg.dp.adaptive_clipping, dp_target_quantile=cfg.dp.target_quantile,
+            dp_clip_lr=cfg.dp.clip_lr, dp_count_stddev=cfg.dp.count_stddev or 0.0,
             task_args={"model_dir": str(model_dir), "dataset": str(ctx.path(ctx.config.data.out)),
                        "sites_dir": str(work / "sites")},
         )  # fmt: skip

@@ -431,6 +431,14 @@ class FederatedDPConfig(Strict):
         None, gt=0, description="Gaussian noise multiplier sigma (noise std sigma * clip_norm on the sum of updates)."
     )
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta of the (epsilon, delta) guarantee.")
+    adaptive_clipping: bool = Field(
+        False, description="Andrew et al. 2021: clip_norm is the start, moved each round toward target_quantile."
+    )
+    target_quantile: float = Field(0.5, ge=0, le=1, description="Adaptive clipping: share of updates left unclipped.")
+    clip_lr: float = Field(0.2, gt=0, description="Adaptive clipping: eta of C <- C exp(-eta (share - quantile)).")
+    count_stddev: float | None = Field(
+        None, gt=0, description="Adaptive clipping: noise std on the unclipped count (null: min_sites / 20)."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> FederatedDPConfig:
@@ -514,6 +522,22 @@ class FederatedConfig(Strict):
             raise ValueError(f"secure_aggregation sums the updates: aggregation {self.aggregation} needs each one")
         if self.dp.enabled and self.aggregation != "weighted_mean":
             raise ValueError(f"dp is accounted for aggregation weighted_mean only, not {self.aggregation}")
+        if self.dp.adaptive_clipping:
+            if not self.dp.enabled:
+                raise ValueError("dp.adaptive_clipping needs dp.epsilon or dp.noise_multiplier")
+            if self.secure_aggregation:
+                raise ValueError("dp.adaptive_clipping counts the updates under the bound: not with secure_aggregation")
+            from components.federated.settings import FedSettings  # the noise-vs-count check (solves sigma)
+
+            try:
+                FedSettings(
+                    method=self.method, rounds_sparse=self.rounds_sparse, rounds_lora=self.rounds_lora,
+                    min_sites=self.min_sites, clip_norm=self.clip_norm, dp_delta=self.dp.delta,
+                    dp_noise_multiplier=self.dp.noise_multiplier or 0.0, dp_epsilon=self.dp.epsilon or 0.0,
+                    dp_adaptive_clipping=True, dp_count_stddev=self.dp.count_stddev or 0.0,
+                )  # fmt: skip
+            except ValueError as e:
+                raise ValueError(f"dp: {e}".replace("dp_count_stddev", "dp.count_stddev")) from None
         return self
 
 

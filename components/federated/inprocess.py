@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from components.federated.client import local_round
 from components.federated.server import FederatedServer, Reply, RoundRecord
 from components.federated.settings import FedSettings
@@ -25,10 +27,12 @@ def run_in_process(
     *,
     shape_task: FedTask | None = None,
     on_round: Callable[[RoundRecord, FederatedServer], None] | None = None,
+    noise: np.random.Generator | None = None,
 ) -> FederatedServer:
-    """Run all rounds of ``settings`` over ``tasks`` (one per site); returns the finished server."""
+    """Run all rounds of ``settings`` over ``tasks`` (one per site); returns the finished server. ``noise``: the
+    DP noise's generator (default: OS entropy, as in a real run; a benchmark passes a seeded one)."""
     targets, heads = shapes(shape_task or tasks[0])
-    server = FederatedServer(settings, targets, heads)
+    server = FederatedServer(settings, targets, heads, noise=noise)
     while not server.finished:
         started = time.perf_counter()
         down, current = server.payload(), server.round

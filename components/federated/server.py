@@ -98,6 +98,7 @@ class RoundRecord:
     example_cap: float = math.inf
     noise_std: float = 0.0  # DP: the Gaussian noise's standard deviation on the averaged update
     epsilon: float | None = None  # DP: the privacy spent after this round (Opacus RDP at dp_delta)
+    next_clip_bound: float | None = None  # DP with adaptive clipping: the bound the next round clips at
 
     def summary(self) -> dict[str, float]:
         """Example-weighted means of the accepted sites' metrics plus the round's counts."""
@@ -139,6 +140,7 @@ class RoundRecord:
             "example_cap": self.example_cap if math.isfinite(self.example_cap) else None,
             "noise_std": self.noise_std,
             "epsilon": self.epsilon,
+            "next_clip_bound": self.next_clip_bound,
             "summary": self.summary(),
         }
 
@@ -199,19 +201,39 @@ def combine(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float
 
 
 class PrivacyLedger:
-    """The privacy spent so far by a DP run: Opacus' RDP accountant over one Gaussian release per round."""
+    """The privacy spent so far by a DP run: Opacus' RDP accountant over one Gaussian release per round.
+
+    With adaptive clipping (Andrew et al. 2021) each round releases two things: the noised sum of the clipped
+    updates and the noised count of updates within the bound. The paper's Theorem 1 (as Flower's
+    ``compute_adaptive_noise_params`` and TensorFlow Privacy's quantile estimator apply it): noise ``sigma_u * C`` on
+    the sum of updates (sensitivity C) and ``sigma_b`` on the count of centred bits ``b_i - 1/2`` (sensitivity 1/2,
+    so noise multiplier ``2 * sigma_b``) together are one Gaussian mechanism of noise multiplier ``sigma`` with
+    ``sigma**-2 = sigma_u**-2 + (2 * sigma_b)**-2``. So the accountant steps with the run's ``sigma`` (configured,
+    or solved for the target epsilon) and the updates get the larger ``sigma_u``; the count's noise costs no extra
+    epsilon beyond that, it is paid for by the extra update noise."""
 
     def __init__(self, settings: FedSettings):
         from opacus.accountants import RDPAccountant
-        from opacus.accountants.utils import get_noise_multiplier
 
         self.delta = settings.dp_delta
-        self.noise_multiplier = settings.dp_noise_multiplier or float(
-            get_noise_multiplier(target_epsilon=settings.dp_epsilon, target_delta=settings.dp_delta,
-                                 sample_rate=1.0, steps=settings.total_rounds, accountant="rdp")
+        self.noise_multiplier = settings.dp_sigma()  # sigma: what the accountant composes
+        self.clip_norm = settings.clip_norm  # the bound of the next release (moves under adaptive clipping)
+        self.adaptive = settings.dp_adaptive_clipping
+        self.target_quantile, self.clip_lr = settings.dp_target_quantile, settings.dp_clip_lr
+        self.count_stddev = settings.count_stddev if self.adaptive else 0.0
+        self.update_noise_multiplier = (
+            (self.noise_multiplier**-2 - (2 * self.count_stddev) ** -2) ** -0.5 if self.adaptive
+            else self.noise_multiplier
         )  # fmt: skip
-        self.clip_norm = settings.clip_norm
         self.accountant = RDPAccountant()
+
+    def adapt(self, unclipped: int, sites: int, noise: np.random.Generator) -> tuple[float, float]:
+        """Andrew et al.'s geometric update after a round that clipped ``sites`` updates at ``self.clip_norm`` and
+        left ``unclipped`` of them within it: ``C <- C * exp(-clip_lr * (b - target_quantile))`` with ``b`` the
+        noised unclipped share (count + N(0, count_stddev^2), over ``sites``). Returns (b, the new bound)."""
+        share = (unclipped + float(noise.normal(0.0, self.count_stddev))) / sites
+        self.clip_norm = self.clip_norm * math.exp(-self.clip_lr * (share - self.target_quantile))
+        return share, self.clip_norm
 
     def step(self) -> float:
         """Record one release; the epsilon spent so far."""
@@ -227,9 +249,16 @@ class PrivacyLedger:
         return float(self.accountant.get_epsilon(self.delta)) if self.accountant.history else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"mechanism": "client-level DP-FedAvg (central Gaussian)", "accountant": "opacus RDP",
-                "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm, "delta": self.delta,
-                "sample_rate": 1.0, "releases": self.releases, "epsilon": self.epsilon}  # fmt: skip
+        out = {"mechanism": "client-level DP-FedAvg (central Gaussian)", "accountant": "opacus RDP",
+               "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm, "delta": self.delta,
+               "sample_rate": 1.0, "releases": self.releases, "epsilon": self.epsilon}  # fmt: skip
+        if self.adaptive:
+            out["adaptive_clipping"] = {
+                "method": "Andrew et al. 2021 (geometric update toward a target quantile, noised count)",
+                "update_noise_multiplier": self.update_noise_multiplier, "count_stddev": self.count_stddev,
+                "target_quantile": self.target_quantile, "clip_lr": self.clip_lr, "final_clip_norm": self.clip_norm,
+            }  # fmt: skip
+        return out
 
 
 def lora_init(shape: Shape, rank: int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -415,6 +444,8 @@ class FederatedServer:
     def clip_bound(self, norms: Sequence[float]) -> float:
         """This round's L2 bound on one site's update (``inf``: no clipping)."""
         s = self.settings
+        if self.privacy is not None:  # DP: the ledger's bound (clip_norm, or where adaptive clipping moved it)
+            return self.privacy.clip_norm
         if s.clip_norm > 0:
             return s.clip_norm
         return s.clip_factor * lower_median(norms) if s.clip_factor > 0 else math.inf
@@ -442,10 +473,16 @@ class FederatedServer:
         record.clip_bound = bound
         if self.privacy is not None:  # equal weights; noise of sigma * C on the sum, i.e. / n on the mean
             mean = combine(updates, [1.0] * len(updates), "weighted_mean")
-            std = self.privacy.noise_multiplier * bound / len(updates)
+            std = self.privacy.update_noise_multiplier * bound / len(updates)
             for key in mean:
                 mean[key] = mean[key] + self._noise.normal(0.0, std, size=mean[key].shape)
             record.noise_std = std
+            if self.privacy.adaptive:  # the next round's bound, from this round's noised unclipped count
+                share, record.next_clip_bound = self.privacy.adapt(
+                    sum(n <= bound for n in norms), len(updates), self._noise
+                )
+                log.info("round %d: adaptive clipping: noised unclipped share %.3f, clip norm %.4g -> %.4g",
+                         self.round, share, bound, record.next_clip_bound)  # fmt: skip
             record.epsilon = self.privacy.step()
         else:
             cap = self.example_cap([n for _, n in good])

@@ -54,6 +54,12 @@ class FedSettings:
     dp_noise_multiplier: float = 0.0  # sigma; > 0 turns DP on (or set dp_epsilon)
     dp_epsilon: float = 0.0  # a target epsilon for the whole run; sigma is solved for it (0: none)
     dp_delta: float = 1e-5
+    # adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with Adaptive Clipping"): clip_norm is
+    # the initial bound, moved geometrically each round toward the dp_target_quantile of the sites' update norms
+    dp_adaptive_clipping: bool = False
+    dp_target_quantile: float = 0.5  # gamma: the share of updates the bound should leave unclipped (0.5: median)
+    dp_clip_lr: float = 0.2  # eta: C <- C * exp(-eta * (noised unclipped share - gamma))
+    dp_count_stddev: float = 0.0  # sigma_b: noise on the unclipped count (0: min_sites / 20, the paper's m / 20)
     secure_aggregation: bool = False  # Flower's SecAgg+: the server learns only the sum (components.federated.secagg)
 
     def __post_init__(self) -> None:
@@ -83,11 +89,40 @@ class FedSettings:
             raise ValueError(f"secure aggregation sums the updates: aggregation {self.aggregation!r} needs each one")
         if self.dp and self.aggregation != "weighted_mean":
             raise ValueError(f"DP is accounted for the clipped mean only, not aggregation {self.aggregation!r}")
+        if self.dp_adaptive_clipping:
+            if not self.dp:
+                raise ValueError("dp_adaptive_clipping needs DP on (dp_epsilon or dp_noise_multiplier)")
+            if self.secure_aggregation:
+                raise ValueError("dp_adaptive_clipping counts the updates under the bound: not with secure aggregation")
+            if not 0 <= self.dp_target_quantile <= 1 or self.dp_clip_lr <= 0 or self.dp_count_stddev < 0:
+                raise ValueError(f"bad adaptive clipping settings: dp_target_quantile {self.dp_target_quantile} "
+                                 f"(must be in [0, 1]), dp_clip_lr {self.dp_clip_lr} (> 0), "
+                                 f"dp_count_stddev {self.dp_count_stddev} (>= 0)")  # fmt: skip
+            sigma, sigma_b = self.dp_sigma(), self.count_stddev
+            if sigma >= 2 * sigma_b:
+                raise ValueError(f"adaptive clipping: noise multiplier {sigma:.4g} needs dp_count_stddev > "
+                                 f"{sigma / 2:.4g} (it is {sigma_b:.4g}; the count's noise is part of the privacy "
+                                 f"budget); raise dp_count_stddev or lower the noise")  # fmt: skip
 
     @property
     def dp(self) -> bool:
         """Whether client-level differential privacy is on."""
         return self.dp_noise_multiplier > 0 or self.dp_epsilon > 0
+
+    @property
+    def count_stddev(self) -> float:
+        """Adaptive clipping's noise on the unclipped count (sigma_b)."""
+        return self.dp_count_stddev if self.dp_count_stddev > 0 else self.min_sites / 20
+
+    def dp_sigma(self) -> float:
+        """The run's (effective) noise multiplier: ``dp_noise_multiplier``, or the one Opacus' RDP accountant
+        solves for ``dp_epsilon`` over ``total_rounds`` releases at sample rate 1 (0 without DP)."""
+        if self.dp_noise_multiplier > 0 or self.dp_epsilon <= 0:
+            return self.dp_noise_multiplier
+        from opacus.accountants.utils import get_noise_multiplier
+
+        return float(get_noise_multiplier(target_epsilon=self.dp_epsilon, target_delta=self.dp_delta,
+                                          sample_rate=1.0, steps=self.total_rounds, accountant="rdp"))  # fmt: skip
 
     @property
     def total_rounds(self) -> int:
