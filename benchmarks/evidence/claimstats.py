@@ -33,6 +33,7 @@ if str(BENCHMARKS) not in sys.path:  # the sibling benchmark scripts whose task 
     sys.path.insert(0, str(BENCHMARKS))
 
 LEVEL = 0.95
+_MODE = {"quick": False}  # set by preamble(): verdicts of a quick run say so
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,12 @@ def verdict(claim: str, treated: Sequence[float], baseline: Sequence[float], *, 
     gain = gain_interval(treated, baseline, paired=paired)
     how = "paired by seed" if paired else "Welch"
     span = f"gain {gain.mean:+.3f}, 95% interval [{gain.low:+.3f}, {gain.high:+.3f}], n={gain.n}, {how}"
+    if _MODE["quick"]:
+        claim = f"QUICK run, not evidence: {claim}"
     if gain.n < 2 or math.isnan(gain.half):
         return f"{claim}: not testable here: fewer than 2 seeds per arm ({span})"
     if gain.low > 0:
-        return f"{claim}: reproduced: the interval excludes no gain ({span})"
+        return f"{claim}: reproduced: the interval lies above zero ({span})"
     if gain.high < 0:
         return f"{claim}: not reproduced: the interval lies below zero, the baseline is better ({span})"
     return f"{claim}: not reproduced: the interval includes no gain ({span})"
@@ -137,6 +140,7 @@ def preamble(name: str, quick: bool) -> dict[str, Any]:
     per-core speed (the figure of ``benchmarks/main_job.py``) and the load average."""
     from byo_vlm import per_core_gflops
 
+    _MODE["quick"] = quick
     info = {
         "script": name,
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
@@ -145,11 +149,24 @@ def preamble(name: str, quick: bool) -> dict[str, Any]:
         "per_core_gflops": round(per_core_gflops(), 1),
         "load_average": round(os.getloadavg()[0], 2),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "commit": _commit(),
     }
     print(f"# {name}: {info['mode']}")
-    for key in ("command", "date", "per_core_gflops", "load_average", "machine"):
+    for key in ("command", "commit", "date", "per_core_gflops", "load_average", "machine"):
         print(f"  {key}: {info[key]}")
     return info
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "benchmarks"],
+                               cwd=BENCHMARKS, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() + (" (benchmarks/ modified)" if dirty else "") if out.returncode == 0 else "unknown"
 
 
 def finish(info: dict[str, Any], payload: dict[str, Any], json_path: Path | None) -> None:
