@@ -68,8 +68,7 @@ def federated_stage(
             dp_delta=cfg.dp.delta, secure_aggregation=cfg.secure_aggregation,
             dp_adaptive_clipping=cfg.dp.adaptive_clipping, dp_target_quantile=cfg.dp.target_quantile,
             dp_clip_lr=cfg.dp.clip_lr, dp_count_stddev=cfg.dp.count_stddev or 0.0,
-            task_args={"model_dir": str(model_dir), "dataset": str(ctx.path(ctx.config.data.out)),
-                       "sites_dir": str(work / "sites")},
+            task_args=_task_args(cfg.mode, model_dir, str(ctx.path(ctx.config.data.out)), work),
         )  # fmt: skip
         session.log_params(
             run_id, {f"federated.{k}": v for k, v in settings.as_dict().items() if k not in ("task_args", "out_dir")}
@@ -80,14 +79,18 @@ def federated_stage(
         if reused:
             history = read_history(out)
         else:
-            index = write_site_files(
-                ctx.path(ctx.config.data.out), work / "sites", sites=cfg.sites, partition=cfg.partition,
-                alpha=cfg.alpha, seed=ctx.config.seed,
-            )  # fmt: skip
-            echo(f"federated: {cfg.method} over {len(index['sites'])} sites ({cfg.mode}) from {model_dir}")
+            if cfg.mode == "simulation":  # every site on this machine: each gets its own file from the dataset
+                index = write_site_files(
+                    ctx.path(ctx.config.data.out), work / "sites", sites=cfg.sites, partition=cfg.partition,
+                    alpha=cfg.alpha, seed=ctx.config.seed,
+                )  # fmt: skip
+                echo(f"federated: {cfg.method} over {len(index['sites'])} sites (simulation) from {model_dir}")
+            else:  # each SuperNode reads its own records, given at its start (--node-config data=...)
+                echo(f"federated: {cfg.method} on the SuperLink '{cfg.connection}' (each site brings its own "
+                     f"records) from {model_dir}")  # fmt: skip
             try:
                 if cfg.mode == "simulation":
-                    history = simulate(settings, num_sites=len(index["sites"]))
+                    history = simulate(settings, num_sites=len(cfg.sites))
                 else:
                     history = deploy(settings, ctx.path(cfg.app_dir), cfg.connection, echo=echo)
             except FederatedRunError as e:
@@ -110,6 +113,14 @@ def federated_stage(
             f"site val accuracy {last.get('val_accuracy', math.nan):.3f} -> {model_out}"
         )
         return {"model_dir": str(model_out), "run_id": run_id, "work_dir": str(work)}
+
+
+def _task_args(mode: str, model_dir: str, dataset: str, work: Path) -> dict[str, Any]:
+    """The vlm task's run config. Simulation: the sites' files this stage writes under ``work/sites``. Deployment:
+    nothing about the sites' records, which stay at the sites (each SuperNode's ``--node-config data=...``); the
+    model and the dataset's images are paths every SuperNode host must see (shared storage or a local copy)."""
+    args = {"model_dir": str(model_dir), "dataset": dataset}
+    return {**args, "sites_dir": str(work / "sites")} if mode == "simulation" else args
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:

@@ -2,11 +2,16 @@
 
 Deployment (``infra/flower/README.md``): the SuperLink runs ``server_app`` and every SuperNode ``client_app`` of
 this module, named in ``infra/flower/pyproject.toml``; settings come from the run config (``flwr run -c``) and a
-SuperNode's site from its node config (``partition-id``, ``num-partitions``, optional ``data``)::
+SuperNode's site from its node config (its own records ``data`` and name ``site``, or ``partition-id`` and
+``num-partitions`` for the tasks that split one set)::
 
     flower-superlink --insecure --port 9092                       # loopback only; TLS across machines
-    flower-supernode --insecure --superlink 127.0.0.1:9092 --port 9094 --node-config 'partition-id=0 num-partitions=2'
+    medtune-supernode --warm --insecure --superlink 127.0.0.1:9092 --port 9094 \
+        --node-config 'data="/srv/a.jsonl" site="hospital-a"'     # the site's own records, kept loaded (warm)
     flwr run infra/flower medtune --stream                        # "medtune" names 127.0.0.1:9092 in config.toml
+
+Before the first round the ServerApp asks every SuperNode its site name (a query message), so a site that drops
+out before it ever answers a round is still named by its site, not its Flower node id.
 
 Simulation (:func:`components.federated.runner.simulate`) builds the same apps with the settings bound in
 (``make_server_app(settings)``), since ``run_simulation`` takes no run config.
@@ -18,8 +23,10 @@ the run with :class:`~components.federated.server.RoundFailed`, after writing th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +43,8 @@ from components.federated.strategy import ARRAYS, CONFIG, SITE, SLoRAStrategy, f
 from components.federated.tasks import FedTask, SiteRef, make_task, shapes
 
 log = logging.getLogger("medtune.federated")
-_TASKS: dict[tuple[str, str, SiteRef | None], FedTask] = {}  # per process: a site's data loads once
+_TASKS: dict[tuple[str, str, SiteRef | None], FedTask] = {}  # per process: a site's data and model load once
+CACHED_TASKS = 4
 
 
 def task_args(settings: FedSettings) -> dict[str, Any]:
@@ -45,21 +53,38 @@ def task_args(settings: FedSettings) -> dict[str, Any]:
 
 
 def site_of(node_config: Mapping[str, Any]) -> SiteRef:
-    """A SuperNode's site from its node config (Flower's simulation sets partition-id and num-partitions)."""
+    """A SuperNode's site from its node config: its own records (``data``, a path on the SuperNode's host) and name
+    (``site``), or, for the tasks that split one synthetic or public set, ``partition-id`` and ``num-partitions``
+    (what Flower's simulation sets)."""
+    data, name = str(node_config.get("data", "")), str(node_config.get("site", ""))
     try:
-        return SiteRef(
-            int(node_config["partition-id"]), int(node_config["num-partitions"]), str(node_config.get("data", ""))
-        )
+        if data and "partition-id" not in node_config:
+            return SiteRef(0, 1, data, name)
+        return SiteRef(int(node_config["partition-id"]), int(node_config["num-partitions"]), data, name)
     except KeyError as e:
         raise ValueError(f"SuperNode node config lacks {e.args[0]!r}: start it with --node-config "
+                         "'data=\"/path/to/this-site.jsonl\" site=\"name\"' (the site's own records) or "
                          "'partition-id=N num-partitions=M'") from None  # fmt: skip
 
 
 def cached_task(settings: FedSettings, site: SiteRef | None) -> FedTask:
-    key = (settings.task, json.dumps(task_args(settings), sort_keys=True), site)
-    if key not in _TASKS:
-        _TASKS[key] = make_task(settings.task, task_args(settings), site)
-    return _TASKS[key]
+    """The task of ``site`` under ``settings``, built once per process: keyed by the task, a digest of its
+    arguments (model path, data, seed ...) and the site, so a warm SuperNode (:mod:`components.federated.warm`)
+    keeps the base model and the site's records loaded from round to round and from run to run with the same
+    settings. A new key evicts the oldest beyond :data:`CACHED_TASKS` (a different model replaces the old one)."""
+    digest = hashlib.sha256(json.dumps(task_args(settings), sort_keys=True).encode()).hexdigest()[:16]
+    key = (settings.task, digest, site)
+    if key in _TASKS:
+        _TASKS[key] = _TASKS.pop(key)  # most recently used last
+        log.info("task %s for %s re-used (loaded in this process before)", settings.task, _TASKS[key].site)
+        return _TASKS[key]
+    started = time.perf_counter()
+    task = make_task(settings.task, task_args(settings), site)
+    while len(_TASKS) >= CACHED_TASKS:
+        _TASKS.pop(next(iter(_TASKS)))
+    _TASKS[key] = task
+    log.info("task %s for %s loaded in %.1f s", settings.task, task.site, time.perf_counter() - started)
+    return task
 
 
 def run_server(grid: Grid, settings: FedSettings, context: Context | None = None) -> FederatedServer:

@@ -6,7 +6,8 @@ ClientApp (:mod:`components.federated.app`) and the in-process runner both call 
     metrics          # {"val_loss": ..., "val_accuracy": ... (global model before training), "train_loss": ...}
 
 The phase is read from the payload's keys (``::values`` sparse, ``::A``/``::B`` LoRA, ``::delta`` dense), so a
-client needs no state between rounds: in deployment every round is a fresh ClientApp process. Sparse rounds
+client needs no state between rounds: with Flower's default SuperNode every message is a fresh ClientApp process
+(a warm SuperNode, :mod:`components.federated.warm`, keeps one, and with it the loaded task). Sparse rounds
 train only the masked entries (the mask rebuilt from the shared seed, never sent); LoRA rounds train A and B with
 W0 frozen; full rounds train the adapted matrices densely. Every method also trains the task's heads densely.
 """

@@ -36,7 +36,11 @@ class SiteRef:
 
     partition_id: int
     num_partitions: int
-    data: str = ""  # a path to the site's own records, when the task reads files
+    data: str = ""  # a path to the site's own records (on the SuperNode's host), when the task reads files
+    name: str = ""  # the site's name as it calls itself (node config ``site``); "" = the task's default
+
+    def label(self, default: str) -> str:
+        return self.name or default
 
 
 class FedTask(Protocol):
@@ -176,17 +180,34 @@ def mlp_task(args: Mapping[str, Any], site: SiteRef | None) -> ClassifierTask:
     task = ClassifierTask("server", base, targets=["net.0", "net.2"], heads=["out.weight", "out.bias"])
     if site is None:
         return task
-    x, y = _clusters(seed, int(args.get("samples", 600)), dim, classes, float(args.get("spread", 1.5)))
-    parts = dirichlet_partition(y.tolist(), site.num_partitions, float(args.get("alpha", 0.5)), seed, min_size=10)
-    own = torch.tensor(parts[site.partition_id])
+    if site.data:  # the site's own records: an .npz with x (n x dim floats) and y (n class ids)
+        x, y = _own_records(site.data, dim, classes)
+        own = torch.arange(len(y))
+    else:
+        x, y = _clusters(seed, int(args.get("samples", 600)), dim, classes, float(args.get("spread", 1.5)))
+        parts = dirichlet_partition(y.tolist(), site.num_partitions, float(args.get("alpha", 0.5)), seed, min_size=10)
+        own = torch.tensor(parts[site.partition_id])
     n_val = max(1, int(len(own) * float(args.get("val_fraction", 0.2))))
     tr, va = own[:-n_val], own[-n_val:]
-    task.site = f"site-{site.partition_id}"
+    task.site = site.label(f"site-{site.partition_id}")
     task.train_inputs, task.train_labels = {"x": x[tr]}, y[tr]
     task.val_inputs, task.val_labels = {"x": x[va]}, y[va]
     if site.partition_id in [int(i) for i in args.get("fail_sites", [])]:
         task.train = _nan_train.__get__(task)  # type: ignore[method-assign]
     return task
+
+
+def _own_records(path: str, dim: int, classes: int) -> tuple[Tensor, Tensor]:
+    import numpy as np
+
+    try:
+        with np.load(path) as f:
+            x, y = torch.as_tensor(f["x"], dtype=torch.float32), torch.as_tensor(f["y"], dtype=torch.long)
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"site records {path}: cannot read x and y ({e})") from None
+    if x.ndim != 2 or x.shape[1] != dim or y.shape != (x.shape[0],) or len(y) < 2 or int(y.max()) >= classes:
+        raise ValueError(f"site records {path}: need x of shape (n, {dim}), y of shape (n,) in [0, {classes})")
+    return x, y
 
 
 def _nan_train(self: ClassifierTask, model: nn.Module, params: list[nn.Parameter], **kwargs: Any) -> float:

@@ -114,7 +114,7 @@ def minilm_task(args: Mapping[str, Any], site: SiteRef | None) -> ClassifierTask
     own = own[torch.randperm(len(own), generator=torch.Generator().manual_seed(seed + site.partition_id))]
     n_val = max(1, int(len(own) * float(args.get("val_fraction", 0.1))))
     tr, va = own[:-n_val], own[-n_val:]
-    task.site = f"site-{site.partition_id}"
+    task.site = site.label(f"site-{site.partition_id}")
     task.train_inputs = {"input_ids": train.ids[tr], "attention_mask": train.mask[tr]}
     task.train_labels = train.labels[tr]
     task.val_inputs = {"input_ids": train.ids[va], "attention_mask": train.mask[va]}

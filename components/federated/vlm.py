@@ -194,13 +194,18 @@ def vlm_task(args: Mapping[str, Any], site: SiteRef | None) -> VLMTask:
     task = VLMTask("server", str(args["model_dir"]), str(args["dataset"]))
     if site is None:
         return task
+    if not site.data and not args.get("sites_dir"):
+        raise ValueError(f"site {site.label(str(site.partition_id))}: no records: start its SuperNode with "
+                         "--node-config 'data=\"/path/to/its-records.jsonl\" site=\"its name\"'")  # fmt: skip
     path = Path(site.data) if site.data else Path(str(args.get("sites_dir", ""))) / f"site-{site.partition_id}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"site {site.partition_id}: no records file at {path}")
+        raise FileNotFoundError(f"site {site.label(str(site.partition_id))}: no records file at {path}")
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     index_file = path.parent / SITES_INDEX
-    names = json.loads(index_file.read_text())["sites"] if index_file.is_file() else []
-    task.site = next((s["name"] for s in names if s["index"] == site.partition_id), f"site-{site.partition_id}")
+    names = json.loads(index_file.read_text())["sites"] if index_file.is_file() and not site.data else []
+    own = {str((r.get("features") or {}).get("site", "")) for r in records}
+    default = own.pop() if len(own) == 1 and "" not in own else f"site-{site.partition_id}"
+    task.site = site.name or next((s["name"] for s in names if s["index"] == site.partition_id), default)
     task.train_records = [r for r in records if r.get("split") == "train"]
     task.val_records = [r for r in records if r.get("split") == "val"]
     if not task.val_records and len(task.train_records) > 1:

@@ -1,0 +1,139 @@
+"""Seconds per round of a Flower deployment on loopback, Flower's default SuperNode (a fresh ClientApp process per
+message, which reloads the site's task and the base model every time) against medtune's warm SuperNode
+(``medtune-supernode --warm``: one ClientApp process for all messages; issue 22, item 5).
+
+    .venv/bin/python benchmarks/federated_rounds.py                    # minilm, 2 sites, 3 rounds, cold then warm
+    .venv/bin/python benchmarks/federated_rounds.py --task mlp --rounds 2
+
+Each mode starts its own SuperLink and SuperNodes (``python -m components.federated.launch``, insecure, 127.0.0.1),
+submits ``infra/flower`` with ``flwr run`` and reads the ServerApp's ``history.json``: *s/round* is the ServerApp's
+time from sending a round's messages to aggregating the replies, which includes each site's ClientApp start and,
+cold, its task and model load. The minilm task is the pretrained all-MiniLM-L6-v2 on VQA-RAD question types
+(:mod:`components.federated.text`), FedAvg-LoRA rank 8, 3 local steps of batch 16 per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from components.federated.settings import FedSettings  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "vqa_rad" / "VQA_RAD Dataset Public.json"
+BIN = Path(sys.executable).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_mode(warm: bool, ns: argparse.Namespace, root: Path) -> dict[str, Any]:
+    env = {**os.environ, "FLWR_HOME": str(root / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(ns.threads)}  # fmt: skip
+    port = _port()
+    Path(env["FLWR_HOME"]).mkdir(parents=True)
+    (Path(env["FLWR_HOME"]) / "config.toml").write_text(
+        f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    launch = [sys.executable, "-m", "components.federated.launch"]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, args: list[str]) -> None:
+        with open(root / f"{name}.log", "wb") as log:
+            procs.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
+
+    try:
+        start("superlink", [*launch, "superlink", "--insecure", "--port", str(port),
+                            "--disable-runtime-dependency-installation"])  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            if time.monotonic() > deadline:
+                raise SystemExit("the SuperLink did not listen within 60 s")
+            time.sleep(0.3)
+        for i in range(ns.sites):
+            start(f"node{i}", [*launch, "supernode", *(["--warm"] if warm else []), "--insecure", "--superlink",
+                               f"127.0.0.1:{port}", "--port", str(_port()), "--node-config",
+                               f"partition-id={i} num-partitions={ns.sites}", "--max-wait-time", "60"])  # fmt: skip
+        out = root / "out"
+        task_args = {"data": str(DATA), "alpha": 1.0} if ns.task == "minilm" else {}
+        settings = FedSettings(method="fedavg_lora", rounds_sparse=0, rounds_lora=ns.rounds, rank=8,
+                               local_steps=ns.local_steps, lr=2e-3, batch_size=16, min_sites=ns.sites,
+                               round_timeout=600.0, node_wait_timeout=120.0, task=ns.task, task_args=task_args,
+                               out_dir=str(out))  # fmt: skip
+        args = [str(BIN / "flwr"), "run", str(ROOT / "infra" / "flower"), "bench", "--stream"]
+        for item in settings.to_flwr_args():
+            args += ["-c", item]
+        started = time.perf_counter()
+        proc = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - started
+        history_path = out / "history.json"
+        if not history_path.is_file():
+            raise SystemExit(
+                f"flwr run wrote no history ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+        history = json.loads(history_path.read_text())
+        if history["status"] != "finished":
+            raise SystemExit(f"the run failed: {history['error']}")
+        return {"mode": "warm" if warm else "cold", "seconds_per_round": [r["seconds"] for r in history["rounds"]],
+                "wall": wall, "val_accuracy": history["rounds"][-1]["summary"].get("val_accuracy")}  # fmt: skip
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):  # the processes this script started, by group
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="minilm", choices=["minilm", "mlp"])
+    p.add_argument("--sites", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--local-steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per ClientApp (OMP_NUM_THREADS)")
+    p.add_argument("--modes", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
+    p.add_argument("--json", type=Path)
+    ns = p.parse_args()
+    if ns.task == "minilm" and not DATA.is_file():
+        raise SystemExit(f"needs {DATA} (the project's ../shared/data)")
+    print(f"{ns.task}, {ns.sites} SuperNodes on loopback, FedAvg-LoRA {ns.rounds} rounds x {ns.local_steps} local "
+          f"steps, {ns.threads} thread(s) per ClientApp\n")  # fmt: skip
+    results = []
+    for mode in ns.modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_mode(mode == "warm", ns, Path(tmp))
+        results.append(res)
+        print(f"  {mode}: {' / '.join(f'{s:.1f}' for s in res['seconds_per_round'])} s per round, {res['wall']:.0f} s")
+    print("\n| SuperNode | s/round (each) | s/round (mean) | flwr run wall s |\n|---|---|---|---|")
+    for r in results:
+        each = r["seconds_per_round"]
+        print(
+            f"| {r['mode']} | {' / '.join(f'{s:.1f}' for s in each)} | {sum(each) / len(each):.1f} | {r['wall']:.0f} |"
+        )
+    if ns.json:
+        ns.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
