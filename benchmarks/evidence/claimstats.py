@@ -21,7 +21,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,43 @@ def preamble(name: str, quick: bool) -> dict[str, Any]:
     for key in ("command", "commit", "date", "per_core_gflops", "load_average", "machine"):
         print(f"  {key}: {info[key]}")
     return info
+
+
+class RunCache:
+    """Finished runs kept in a JSON-lines file (``--resume FILE``), so that a full run stopped on a shared machine
+    (a quiet window, a deadline) picks up where it stopped. Each line holds the script's settings (``identity``), a
+    run's key and its measured values; lines of other settings are ignored, so one file can serve several."""
+
+    def __init__(self, path: Path | None, identity: Mapping[str, Any]) -> None:
+        self.path = path
+        self.identity = json.dumps(dict(identity), sort_keys=True, default=str)
+        self.done: dict[str, Any] = {}
+        if path is not None and path.is_file():
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that run simply runs again
+                    print(f"  {path}:{number}: not a complete record, ignored")
+                    continue
+                if record.get("identity") == self.identity:
+                    self.done[record["key"]] = record["value"]
+            print(f"  resuming from {path}: {len(self.done)} finished runs of these settings")
+
+    def get_or_run(self, key: str, run: Callable[[], Any]) -> Any:
+        if key in self.done:
+            return self.done[key]
+        value = run()
+        self.done[key] = value
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"identity": self.identity, "key": key, "value": value}, default=str) + "\n")
+        return value
+
+
+def settings_of(ns: Any, *, leave_out: Sequence[str] = ("json", "resume", "threads")) -> dict[str, Any]:
+    """The parsed arguments that decide a run's results (not where they are written, nor the thread count)."""
+    return {k: v for k, v in sorted(vars(ns).items()) if k not in leave_out}
 
 
 def _commit() -> str:

@@ -34,12 +34,13 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import rank_search  # noqa: E402  (benchmarks/, put on sys.path by claimstats)
 import torch  # noqa: E402
-from claimstats import finish, interval, lr_text, preamble, select_lr, table, verdict  # noqa: E402
+from claimstats import RunCache, finish, interval, lr_text, preamble, select_lr, settings_of, table, verdict  # noqa: E402
 from rank_search import METHODS, Run, Setup, batches_of  # noqa: E402
 
 NAMES = {"lora": "LoRA", "adalora": "AdaLoRA (peft)", "elalora": "ElaLoRA"}
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--resume", type=Path, help="JSON-lines file of finished runs: skip them, append new ones")
     ns = ap.parse_args()
     min_grid = 4
     if ns.quick:
@@ -141,38 +143,39 @@ def main() -> None:
             run.step(*batch)
         return run
 
+    def measure(method: str, budget: int, lr: float, seed: int) -> dict[str, Any]:
+        """One run's scores: validation, test, and (rank-moving methods) the adapter-removal drops."""
+        run = train_one(method, budget, lr, seed)
+        acc, f1 = run.evaluate(test_b)
+        removal = None if method == "lora" else removal_drops(run, test_b, k_layers=2, k_matrices=9)
+        out = {"val": run.evaluate(val_b)[0], "test_accuracy": acc, "test_macro_f1": f1,
+               "total_rank": sum(run.ranks().values()), "removal": removal}  # fmt: skip
+        print(f"  budget {budget} {method:8s} lr {lr_text(lr)} seed {seed}: val acc {out['val']:.3f}, test acc "
+              f"{acc:.3f} macro-F1 {f1:.3f}, total rank {out['total_rank']} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+        return out
+
+    cache = RunCache(ns.resume, settings_of(ns))
     results: dict[str, Any] = {}
     started = time.perf_counter()
     for budget in ns.budgets:
         for method in METHODS:
-            key = f"{method}@{budget}"
-            val_scores, test_acc, test_f1, drops = {}, [], [], []
-            tuning: dict[float, Run] = {}
-            for lr in ns.lrs:
-                run = train_one(method, budget, lr, 0)
-                val_scores[lr] = run.evaluate(val_b)[0]
-                tuning[lr] = run
-                print(f"  budget {budget} {method:8s} lr {lr_text(lr)} seed 0: val acc {val_scores[lr]:.3f} "
-                      f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
-            best, _ = select_lr(val_scores, min_grid=min_grid)
-            runs = [tuning[best]]
-            tuning.clear()
-            for seed in range(1, ns.seeds):
-                runs.append(train_one(method, budget, best, seed))
-            for seed, run in enumerate(runs):
-                acc, f1 = run.evaluate(test_b)
-                test_acc.append(acc)
-                test_f1.append(f1)
-                if method != "lora":
-                    drops.append(removal_drops(run, test_b, k_layers=2, k_matrices=9))
-                total_rank = sum(run.ranks().values())
-                print(f"  budget {budget} {method:8s} lr {lr_text(best)} seed {seed}: test acc {acc:.3f} macro-F1 "
-                      f"{f1:.3f}, total rank {total_rank} ({time.perf_counter() - started:.0f} s)",
-                      flush=True)  # fmt: skip
-            results[key] = {
+            tuning = {
+                lr: cache.get_or_run(f"{method}@{budget} lr={lr} seed=0", partial(measure, method, budget, lr, 0))
+                for lr in ns.lrs
+            }
+            best, _ = select_lr({lr: r["val"] for lr, r in tuning.items()}, min_grid=min_grid)
+            runs = [tuning[best]] + [
+                cache.get_or_run(f"{method}@{budget} lr={best} seed={s}", partial(measure, method, budget, best, s))
+                for s in range(1, ns.seeds)
+            ]  # fmt: skip
+            results[f"{method}@{budget}"] = {
                 "method": method, "budget": budget, "total_rank_budget": 36 * budget, "lr": best,
-                "val_by_lr": {lr_text(k): v for k, v in val_scores.items()}, "test_accuracy": test_acc,
-                "test_macro_f1": test_f1, "removal": drops, "final_total_rank": sum(runs[0].ranks().values()),
+                "val_by_lr": {lr_text(k): r["val"] for k, r in tuning.items()},
+                "test_accuracy": [r["test_accuracy"] for r in runs],
+                "test_macro_f1": [r["test_macro_f1"] for r in runs],
+                "removal": [r["removal"] for r in runs if r["removal"] is not None],
+                "final_total_rank": runs[0]["total_rank"],
             }  # fmt: skip
 
     # -- tables ---------------------------------------------------------------------------------------------------

@@ -36,11 +36,12 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from claimstats import finish, interval, lr_text, preamble, select_lr, table, verdict  # noqa: E402
+from claimstats import RunCache, finish, interval, lr_text, preamble, select_lr, settings_of, table, verdict  # noqa: E402
 from rank_search import DATA, TARGETS, Classifier, batches_of  # noqa: E402  (benchmarks/rank_search.py)
 from torch import nn  # noqa: E402
 
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--resume", type=Path, help="JSON-lines file of finished runs: skip them, append new ones")
     ns = ap.parse_args()
     min_grid = 4
     if ns.quick:
@@ -211,29 +213,27 @@ def main() -> None:
                 arm.step(batch)
         return arm
 
+    def measure(method: str, lr: float, seed: int) -> dict[str, Any]:
+        arm = train_one(method, lr, seed)
+        out = {"val": arm.accuracy(val_b), "seen": arm.accuracy(seen_b), "unseen": arm.accuracy(unseen_b),
+               "parameters": arm.parameters}  # fmt: skip
+        print(f"  {METHODS[method]} lr {lr_text(lr)} seed {seed}: val {out['val']:.3f} seen {out['seen']:.3f} "
+              f"unseen {out['unseen']:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+        return out
+
+    cache = RunCache(ns.resume, settings_of(ns))
     started = time.perf_counter()
     results: dict[str, Any] = {}
     for method in METHODS:
-        val_scores: dict[float, float] = {}
-        arms: dict[float, Arm] = {}
-        for lr in ns.lrs:
-            arms[lr] = train_one(method, lr, 0)
-            val_scores[lr] = arms[lr].accuracy(val_b)
-            print(f"  {METHODS[method]} lr {lr_text(lr)} seed 0: val acc {val_scores[lr]:.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
-        best, _ = select_lr(val_scores, min_grid=min_grid)
-        runs = [arms[best]]
-        arms.clear()
-        seen, unseen = [], []
-        for seed in range(ns.seeds):
-            if seed:
-                runs.append(train_one(method, best, seed))
-            seen.append(runs[seed].accuracy(seen_b))
-            unseen.append(runs[seed].accuracy(unseen_b))
-            print(f"  {METHODS[method]} lr {lr_text(best)} seed {seed}: seen {seen[-1]:.3f} unseen {unseen[-1]:.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
-        results[method] = {"lr": best, "val_by_lr": {lr_text(k): v for k, v in val_scores.items()}, "seen": seen,
-                           "unseen": unseen, "adapter_parameters": runs[0].parameters}  # fmt: skip
+        tuning = {lr: cache.get_or_run(f"{method} lr={lr} seed=0", partial(measure, method, lr, 0)) for lr in ns.lrs}
+        best, _ = select_lr({lr: r["val"] for lr, r in tuning.items()}, min_grid=min_grid)
+        runs = [tuning[best]] + [
+            cache.get_or_run(f"{method} lr={best} seed={seed}", partial(measure, method, best, seed))
+            for seed in range(1, ns.seeds)
+        ]
+        results[method] = {"lr": best, "val_by_lr": {lr_text(k): r["val"] for k, r in tuning.items()},
+                           "seen": [r["seen"] for r in runs], "unseen": [r["unseen"] for r in runs],
+                           "adapter_parameters": runs[0]["parameters"]}  # fmt: skip
 
     label = " (QUICK: not evidence)" if ns.quick else ""
     print(f"\n## FLix vs shared LoRA on unseen feature combinations{label}")

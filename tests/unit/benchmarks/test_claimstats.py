@@ -71,3 +71,23 @@ def test_table_checks_its_rows() -> None:
     assert text.splitlines()[1] == "|---|---|" and text.splitlines()[3] == "| 2 | y |"
     with pytest.raises(ValueError):
         cs.table(["a", "b"], [[1]])
+
+
+def test_run_cache_resumes_only_runs_of_the_same_settings(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    calls: list[str] = []
+
+    def run(key: str) -> dict[str, float]:
+        calls.append(key)
+        return {"acc": float(len(calls))}
+
+    first = cs.RunCache(path, {"lr": 1e-3, "seeds": 5})
+    assert first.get_or_run("a", lambda: run("a")) == {"acc": 1.0}
+    assert first.get_or_run("b", lambda: run("b")) == {"acc": 2.0}
+    with path.open("a") as out:
+        out.write('{"identity": "cut by a ki')  # a kill mid-write: ignored
+    again = cs.RunCache(path, {"seeds": 5, "lr": 1e-3})  # same settings, another order
+    assert again.get_or_run("a", lambda: run("a-again")) == {"acc": 1.0}
+    other = cs.RunCache(path, {"lr": 3e-3, "seeds": 5})
+    assert other.get_or_run("a", lambda: run("a-other")) == {"acc": 3.0}
+    assert calls == ["a", "b", "a-other"]
