@@ -502,6 +502,7 @@ def base_stage(ctx: Context, parent: str, echo: Echo = quiet, *, data_version: s
                         "batch_size": b.batch_size,
                         "lr": b.lr,
                         "vision_warmup": b.vision_warmup,
+                        "prompt_loss_weight": b.prompt_loss_weight,
                         "seed": ctx.config.seed,
                         "gradient_checkpointing": ctx.config.train.gradient_checkpointing,
                     },

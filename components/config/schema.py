@@ -205,6 +205,12 @@ class BaseSettings(Strict):
         description="Steps that first train the vision encoder alone to answer, from pooled patch features, the "
         "train split's questions whose answer depends on the image only (components.training.base); 0: none.",
     )
+    prompt_loss_weight: float = Field(
+        0.3,
+        ge=0,
+        description="Weight of the loss over each record's prompt tokens, added to its answer loss (Shi et al., "
+        "NeurIPS 2024, 'Instruction Tuning With Loss Over Instructions'; components.training.trainer); 0: none.",
+    )
 
 
 class VQSettings(Strict):

@@ -54,7 +54,14 @@ from components.models.backend import image_loader, store_size
 from components.models.memory import enable_gradient_checkpointing
 from components.models.vlm import MedVLM, VLMArgs
 from components.models.vq import VQConfig, VQTokenizer, load_dataset_images, train_vq
-from components.training.base import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_VISION_WARMUP, bootstrap_base
+from components.training.base import (
+    DEFAULT_BATCH,
+    DEFAULT_LR,
+    DEFAULT_PROMPT_LOSS_WEIGHT,
+    DEFAULT_STEPS,
+    DEFAULT_VISION_WARMUP,
+    bootstrap_base,
+)
 from components.training.data import (
     ImageStore,
     dataset_fingerprint,
@@ -167,6 +174,7 @@ def train_recipe(
     base_batch_size: int = DEFAULT_BATCH,
     base_lr: float = DEFAULT_LR,
     base_vision_warmup: int = DEFAULT_VISION_WARMUP,
+    base_prompt_loss_weight: float = DEFAULT_PROMPT_LOSS_WEIGHT,
     vq_config: VQConfig | None = None,
     vq_steps: int = 400,
     vq_dir: str | Path | None = None,
@@ -229,7 +237,8 @@ def train_recipe(
     if base_dir is None:
         base = bootstrap_base(
             dataset, work / "base", args=model_args, vocab_size=vocab_size, steps=base_steps,
-            batch_size=base_batch_size, lr=base_lr, vision_warmup=base_vision_warmup, seed=seed, env=env,
+            batch_size=base_batch_size, lr=base_lr, vision_warmup=base_vision_warmup,
+            prompt_loss_weight=base_prompt_loss_weight, seed=seed, env=env,
             on_metrics=on_metrics,
             progress=_named_progress(progress, "base"),
             warmup_progress=_named_progress(progress, "base vision warm-up"),
@@ -435,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base-batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--base-lr", type=float, default=DEFAULT_LR)
     ap.add_argument("--base-vision-warmup", type=int, default=DEFAULT_VISION_WARMUP)
+    ap.add_argument("--base-prompt-loss-weight", type=float, default=DEFAULT_PROMPT_LOSS_WEIGHT)
     ap.add_argument("--vq-dir", type=Path, default=None, help="a trained VQ tokenizer (skips its training)")
     ap.add_argument("--vq-steps", type=int, default=400)
     ap.add_argument("--no-evaluate", action="store_true")
@@ -468,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
             vq_config=VQConfig(**json.loads(ns.vq_json)) if ns.vq_json else None,
             vocab_size=ns.vocab_size, base_dir=ns.base_dir, base_steps=ns.base_steps,
             base_batch_size=ns.base_batch_size, base_lr=ns.base_lr,
-            base_vision_warmup=ns.base_vision_warmup, vq_dir=ns.vq_dir, vq_steps=ns.vq_steps,
+            base_vision_warmup=ns.base_vision_warmup, base_prompt_loss_weight=ns.base_prompt_loss_weight,
+            vq_dir=ns.vq_dir, vq_steps=ns.vq_steps,
             adapter_kind=ns.adapter_kind, rank=ns.rank, generation_rank=ns.generation_rank, num_experts=ns.experts,
             dropout=ns.dropout, features=[f for f in ns.features.split(",") if f.strip()],
             rank_per_feature=ns.rank_per_feature, feature_dropout=ns.feature_dropout, stage_steps=stage_steps,

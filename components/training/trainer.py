@@ -84,6 +84,7 @@ from components.training.distributed import (
     shard_model,
     wrap_model,
 )
+from components.training.optim import adamw
 from components.training.precision import Precision
 from components.training.stages import StageKey, StageSpec, freeze_for, stage_spec, trainable_parameters
 
@@ -121,6 +122,12 @@ class TrainArgs:
     # its plateau (closed accuracy 0.73 against 0.95 with random batches, same steps): off unless asked for. Off,
     # only text-only records are kept apart (_text_only_apart)
     group_by_length: bool = False
+    # Loss over the prompt too (Shi et al., "Instruction Tuning With Loss Over Instructions", NeurIPS 2024): each
+    # record's mean cross-entropy on its prompt's text tokens (the template and the question; never an image
+    # placeholder or padding), times this weight, is added to its answer loss. It helps most where answers are short
+    # against their prompts (the paper's finding): on the embedded default's one-word answers, the base left the
+    # yes/no plateau where it had stayed at chance (benchmarks/README.md, "The main job"). Needs loss="record".
+    prompt_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.warmup < 0:
@@ -129,6 +136,11 @@ class TrainArgs:
             raise ValueError(f"loss must be 'token' or 'record', got {self.loss!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.prompt_loss_weight < 0 or (self.prompt_loss_weight and self.loss != "record"):
+            raise ValueError(
+                f"prompt_loss_weight must be >= 0 and needs loss='record'; got {self.prompt_loss_weight} with "
+                f"loss={self.loss!r}"
+            )
         unknown = sorted(set(self.task_mix) - set(TASKS))
         if unknown:
             raise ValueError(f"task_mix names unknown tasks {unknown}; known: {', '.join(TASKS)}")
@@ -210,16 +222,46 @@ def answer_positions(labels: Tensor) -> Tensor:
     return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
 
 
-def answer_loss_sum(model: nn.Module, inputs: Mapping[str, Any], labels: Tensor, per: str = "token") -> Tensor:
+def prompt_labels(input_ids: Tensor, attention_mask: Tensor, labels: Tensor, skip_ids: Iterable[int] = ()) -> Tensor:
+    """Labels for the prompt-loss term (:attr:`TrainArgs.prompt_loss_weight`): each attended token that is not an
+    answer token (``labels`` IGNORE) nor one of ``skip_ids`` (image placeholders) is its own label; the rest IGNORE.
+    The first token is never predicted (nothing comes before it), as with the answer labels."""
+    keep = (labels == IGNORE) & attention_mask.bool()
+    for token in skip_ids:
+        keep &= input_ids != token
+    out = torch.where(keep, input_ids, torch.full_like(input_ids, IGNORE))
+    out[:, 0] = IGNORE
+    return out
+
+
+def answer_loss_sum(
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    labels: Tensor,
+    per: str = "token",
+    *,
+    prompt: Tensor | None = None,
+    prompt_weight: float = 0.0,
+) -> Tensor:
     """:func:`token_loss_sum` (``per="token"``) or :func:`record_loss_sum` (``per="record"``) of ``model(**inputs)``,
     computing the LM head only where an answer token is predicted (``logits_to_keep``, which every Hugging Face
     causal LM takes): the head over the whole padded sequence is most of the logits' cost and memory (a fifth of a
     tiny model's step; with Gemma's 262k vocabulary, gigabytes), while a prompt's logits never enter the loss.
-    Equal to the full computation up to float rounding."""
-    keep = answer_positions(labels)
+    Equal to the full computation up to float rounding.
+
+    With ``prompt`` (:func:`prompt_labels`) and ``prompt_weight`` > 0 (``per="record"`` only), each record's mean
+    prompt-token loss times ``prompt_weight`` is added to its answer loss; the head then also runs where a prompt
+    token is predicted."""
+    if prompt is None or not prompt_weight:
+        keep = answer_positions(labels)
+        logits = model(**inputs, logits_to_keep=keep.to(labels.device)).logits
+        targets = labels[:, keep + 1]
+        return (_record_ce if per == "record" else _token_ce)(logits, targets)
+    if per != "record":
+        raise ValueError("a prompt loss needs per='record'")
+    keep = ((labels[:, 1:] != IGNORE) | (prompt[:, 1:] != IGNORE)).any(dim=0).nonzero().squeeze(1)
     logits = model(**inputs, logits_to_keep=keep.to(labels.device)).logits
-    targets = labels[:, keep + 1]
-    return (_record_ce if per == "record" else _token_ce)(logits, targets)
+    return _record_ce(logits, labels[:, keep + 1]) + prompt_weight * _record_ce(logits, prompt[:, keep + 1])
 
 
 def label_count(labels: Tensor) -> int:
@@ -412,9 +454,7 @@ def train_stage(
     shard_model(model, env)  # FSDP (train.distributed): before the optimizer, whose parameters become DTensors
     active = {t: trainable_parameters(model, spec.key, t) for t in task_pools}
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [p for _, p in params], lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay
-    )
+    optimizer = adamw([p for _, p in params], lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_schedule(s, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
     )
@@ -450,6 +490,8 @@ def train_stage(
         else:  # another world size: the run goes on, but is no longer bitwise the uninterrupted one
             torch.manual_seed(salt_of(args.seed, spec.key, env.rank, start))
     ddp = wrap_model(model, env)  # DDP, or the FSDP-sharded model itself
+    image_token = getattr(model, "image_token_id", None)  # never a prompt-loss target (TrainArgs.prompt_loss_weight)
+    skip_ids = [int(image_token)] if isinstance(image_token, int) else []
     autocast = precision.context()
     model.train()
     began = time.perf_counter()
@@ -477,8 +519,15 @@ def train_stage(
             inputs = _to_device(batch, env.device)
             labels = inputs.pop("labels")
             sync = k == len(micro) - 1 or not env.distributed
+            prompt = (
+                prompt_labels(inputs["input_ids"], inputs["attention_mask"], labels, skip_ids)
+                if args.prompt_loss_weight
+                else None
+            )
             with contextlib.nullcontext() if sync else no_sync(ddp, env), autocast:
-                summed = answer_loss_sum(ddp, inputs, labels, per=args.loss)
+                summed = answer_loss_sum(
+                    ddp, inputs, labels, per=args.loss, prompt=prompt, prompt_weight=args.prompt_loss_weight
+                )
             precision.backward(summed * (env.world / max(1, tokens)))
             loss_sum += summed.detach().cpu()
         for name, param in params:

@@ -103,3 +103,45 @@ def test_text_only_records_get_batches_of_their_own() -> None:
     batches = [[keys[i] for i in sampler.take(8)] for _ in range(45)]  # one epoch
     mixed = [b for b in batches if len(set(b)) > 1]
     assert len(mixed) <= 1 and sum(sum(b) == 8 for b in batches) >= 6  # 60 text-only records: 7 batches of 8, 1 mixed
+
+
+def test_prompt_loss_adds_each_records_weighted_prompt_mean_to_its_answer_loss() -> None:
+    """TrainArgs.prompt_loss_weight: the prompt term is each record's mean cross-entropy over its attended,
+    non-image prompt tokens, computed here by hand from the full logits."""
+    from components.training.trainer import TrainArgs, prompt_labels
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    image = 5
+    ids = torch.randint(10, 97, (2, 10))
+    ids[:, 1:3] = image  # two image placeholders after the first token
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # padding
+    labels = torch.full_like(ids, -100)
+    labels[0, 8:] = ids[0, 8:]
+    labels[1, 7] = ids[1, 7]
+    prompt = prompt_labels(ids, mask, labels, [image])
+    assert (prompt[0] != -100).tolist() == [False, False, False, True, True, True, True, True, False, False]
+    assert (prompt[1] != -100).tolist() == [False, False, False, True, True, True, True, False, False, False]
+    assert torch.equal(prompt[prompt != -100], ids[prompt != -100])
+
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+
+    def row_means(targets: torch.Tensor) -> torch.Tensor:
+        t = targets[:, 1:]
+        nll = -logp.gather(-1, t.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (t != -100)
+        return nll.sum(dim=1) / (t != -100).sum(dim=1)
+
+    expected = (row_means(labels) + 0.3 * row_means(prompt)).sum()
+    got = answer_loss_sum(model, {"input_ids": ids, "attention_mask": mask}, labels, per="record",
+                          prompt=prompt, prompt_weight=0.3)  # fmt: skip
+    torch.testing.assert_close(got, expected)
+    plain = answer_loss_sum(model, {"input_ids": ids, "attention_mask": mask}, labels, per="record")
+    torch.testing.assert_close(plain, row_means(labels).sum())  # weight 0: the answer loss alone
+    with pytest.raises(ValueError, match="needs loss='record'"):
+        TrainArgs(steps=1, lr=1e-3, prompt_loss_weight=0.3)
+    with pytest.raises(ValueError, match="prompt_loss_weight must be >= 0"):
+        TrainArgs(steps=1, lr=1e-3, loss="record", prompt_loss_weight=-1)
