@@ -224,8 +224,10 @@ def main() -> None:
                      interval(of("fedavg_full", alpha, "test")), "–", "–", "–"])  # fmt: skip
     print(table(["α", "method", "tuned lr", "rounds", "MB moved", "test acc", "acc after sparse stage",
                  "acc after SVD init", "energy kept by rank-r SVD"], rows))  # fmt: skip
-    print("\nValidation accuracy by rate (tuning runs): " + "; ".join(
-        f"{METHODS[m]}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()) for m, d in val_by_lr.items()))  # fmt: skip
+    by_rate = "; ".join(
+        f"{METHODS[m]}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()) for m, d in val_by_lr.items()
+    )
+    print("\nValidation accuracy by rate (tuning runs): " + (by_rate or "none (one rate per method, not tuned)"))
 
     verdicts = []
     gap_rows = []
