@@ -39,7 +39,18 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from claimstats import finish, gain_interval, interval, lr_text, preamble, select_lr, table, verdict  # noqa: E402
+from claimstats import (  # noqa: E402
+    RunCache,
+    finish,
+    gain_interval,
+    interval,
+    lr_text,
+    preamble,
+    select_lr,
+    settings_of,
+    table,
+    verdict,
+)
 from federated import DATA, METHODS  # noqa: E402  (benchmarks/federated.py: the same data file and names)
 
 from components.federated.client import apply_payload  # noqa: E402
@@ -108,7 +119,7 @@ def run(method: str, alpha: float, seed: int, lr: float, ns: argparse.Namespace,
             out["after_svd"] = accuracy_of(server.payload(), settings, args, tasks)["test"]
             out["energy"] = energy_kept(server, ns.rank)
         if record.round in score_rounds:
-            out["by_round"][record.round] = accuracy_of(server.payload(), settings, args, tasks)["test"]
+            out["by_round"][str(record.round)] = accuracy_of(server.payload(), settings, args, tasks)["test"]
 
     started = time.perf_counter()
     server = run_in_process(settings, tasks, shape_task=minilm_task(args, None), on_round=on_round)
@@ -136,6 +147,7 @@ def main() -> None:
     p.add_argument("--tune-alpha", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--resume", type=Path, help="JSON-lines file of finished runs: skip them, append new ones")
     ns = p.parse_args()
     min_grid = 4
     if ns.quick:
@@ -155,11 +167,17 @@ def main() -> None:
     tuned: dict[str, float] = {}
     val_by_lr: dict[str, dict[str, float]] = {}
     reuse: dict[tuple[str, float, int], dict[str, Any]] = {}
+    cache = RunCache(ns.resume, settings_of(ns))
+
+    def cached(method: str, alpha: float, seed: int, lr: float, **kw: Any) -> dict[str, Any]:
+        key = f"{method} alpha={alpha:g} seed={seed} lr={lr:g} {sorted(kw.items())}"
+        return cache.get_or_run(key, lambda: run(method, alpha, seed, lr, ns, **kw))  # type: ignore[no-any-return]
+
     for method, grid in grids.items():
         if len(grid) == 1:  # nothing to choose (quick): no tuning run
             tuned[method] = grid[0]
             continue
-        runs = {lr: run(method, ns.tune_alpha, 0, lr, ns) for lr in grid}
+        runs = {lr: cached(method, ns.tune_alpha, 0, lr) for lr in grid}
         for lr, r in runs.items():
             print(f"  tune {METHODS[method]} lr {lr_text(lr)}: site-val acc {r['val']:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
@@ -171,16 +189,16 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for alpha in ns.alphas:
         for seed in range(ns.seeds):
-            slora = reuse.get(("slora", alpha, seed)) or run("slora", alpha, seed, tuned["slora"], ns)
+            slora = reuse.get(("slora", alpha, seed)) or cached("slora", alpha, seed, tuned["slora"])
             sl_bytes = sum(slora["bytes_per_round"])
             lora_round = slora["bytes_per_round"][-1]  # a LoRA round: the same arrays for both LoRA methods
             eq_rounds = int(sl_bytes // lora_round)
-            lora = run("fedavg_lora", alpha, seed, tuned["fedavg_lora"], ns, rounds=max(rounds, eq_rounds),
+            lora = cached("fedavg_lora", alpha, seed, tuned["fedavg_lora"], rounds=max(rounds, eq_rounds),
                        score_rounds=(rounds, eq_rounds))  # fmt: skip
-            lora["test_equal_rounds"] = lora["by_round"][rounds]
-            lora["test_equal_bytes"] = lora["by_round"][eq_rounds]
+            lora["test_equal_rounds"] = lora["by_round"][str(rounds)]
+            lora["test_equal_bytes"] = lora["by_round"][str(eq_rounds)]
             lora["equal_bytes_rounds"] = eq_rounds
-            full = reuse.get(("fedavg_full", alpha, seed)) or run("fedavg_full", alpha, seed, tuned["fedavg_full"], ns)
+            full = reuse.get(("fedavg_full", alpha, seed)) or cached("fedavg_full", alpha, seed, tuned["fedavg_full"])
             results += [slora, lora, full]
             print(f"  alpha {alpha:g} seed {seed}: SLoRA {slora['test']:.3f} (after sparse "
                   f"{slora['after_sparse']:.3f}, after SVD {slora['after_svd']:.3f}, energy kept "
