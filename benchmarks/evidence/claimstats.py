@@ -200,7 +200,7 @@ def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "benchmarks"],
-                               cwd=BENCHMARKS, capture_output=True, text=True).stdout.strip()  # fmt: skip
+                               cwd=BENCHMARKS.parent, capture_output=True, text=True).stdout.strip()  # fmt: skip
     except OSError:
         return "unknown"
     return out.stdout.strip() + (" (benchmarks/ modified)" if dirty else "") if out.returncode == 0 else "unknown"

@@ -240,7 +240,8 @@ def main() -> None:
         )
         rows.append([alpha, "FedAvg full", lr_text(tuned["fedavg_full"]), rounds, f"{full_mb:.0f}",
                      interval(of("fedavg_full", alpha, "test")), "–", "–", "–"])  # fmt: skip
-    print(table(["α", "method", "tuned lr", "rounds", "MB moved", "test acc", "acc after sparse stage",
+    lr_head = "tuned lr" if min_grid > 1 else "lr (NOT tuned)"
+    print(table(["α", "method", lr_head, "rounds", "MB moved", "test acc", "acc after sparse stage",
                  "acc after SVD init", "energy kept by rank-r SVD"], rows))  # fmt: skip
     by_rate = "; ".join(
         f"{METHODS[m]}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()) for m, d in val_by_lr.items()
