@@ -26,6 +26,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.dirname(_HERE)]  # claimstats; the sibling benchmark scripts whose task code is reused
+
 import argparse  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
