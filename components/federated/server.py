@@ -218,6 +218,7 @@ class PrivacyLedger:
         self.delta = settings.dp_delta
         self.noise_multiplier = settings.dp_sigma()  # sigma: what the accountant composes
         self.clip_norm = settings.clip_norm  # the bound of the next release (moves under adaptive clipping)
+        self.initial_clip_norm = settings.clip_norm
         self.adaptive = settings.dp_adaptive_clipping
         self.target_quantile, self.clip_lr = settings.dp_target_quantile, settings.dp_clip_lr
         self.count_stddev = settings.count_stddev if self.adaptive else 0.0
@@ -250,7 +251,7 @@ class PrivacyLedger:
 
     def to_json(self) -> dict[str, Any]:
         out = {"mechanism": "client-level DP-FedAvg (central Gaussian)", "accountant": "opacus RDP",
-               "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm, "delta": self.delta,
+               "noise_multiplier": self.noise_multiplier, "clip_norm": self.initial_clip_norm, "delta": self.delta,
                "sample_rate": 1.0, "releases": self.releases, "epsilon": self.epsilon}  # fmt: skip
         if self.adaptive:
             out["adaptive_clipping"] = {

@@ -94,7 +94,7 @@ def test_epsilon_is_the_accountants_at_the_runs_sigma_and_the_report_says_adapti
         assert record.epsilon == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     assert server.privacy is not None
     report = server.privacy.to_json()
-    assert report["noise_multiplier"] == 0.8 and report["releases"] == 3
+    assert report["noise_multiplier"] == 0.8 and report["releases"] == 3 and report["clip_norm"] == 0.1  # the start
     adaptive = report["adaptive_clipping"]
     assert adaptive["update_noise_multiplier"] == pytest.approx((0.8**-2 - 4.0**-2) ** -0.5)
     assert adaptive["final_clip_norm"] == pytest.approx(server.history[-1].next_clip_bound)
