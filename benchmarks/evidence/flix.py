@@ -66,7 +66,8 @@ Example = tuple[str, int, dict[str, str]]  # (text with the features in front, l
 def load(path: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(train, test) questions with their organ, type and answer type, split by image as
     :func:`load_question_types` splits them (the same rows in the same order: checked)."""
-    train, test = [], []
+    train: list[dict[str, str]] = []
+    test: list[dict[str, str]] = []
     for row in json.loads(path.read_text(encoding="utf-8")):
         bucket = int.from_bytes(hashlib.sha256(row["image_name"].encode()).digest()[:4], "little") / 2**32
         q = {"question": str(row["question"]), "organ": row["image_organ"].strip().upper(),
@@ -197,7 +198,7 @@ def main() -> None:
     print(f"{len(train)} training / {len(val)} validation examples (seen combinations); test: {len(seen_test)} seen, "
           f"{len(unseen_test)} unseen ({sorted(HELD_OUT)}); {steps} steps ({ns.epochs} epochs x {per_epoch}); "
           f"rates {[lr_text(x) for x in ns.lrs]}; {ns.seeds} seeds; {ns.threads} threads")  # fmt: skip
-    majority = {}
+    majority: dict[str, list[int]] = {}
     for e in train:
         majority.setdefault(e[2]["task"], []).append(e[1])
     maj_of = {t: max(set(v), key=v.count) for t, v in majority.items()}

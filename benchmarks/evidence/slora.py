@@ -176,7 +176,7 @@ def main() -> None:
 
     def cached(method: str, alpha: float, seed: int, lr: float, **kw: Any) -> dict[str, Any]:
         key = f"{method} alpha={alpha:g} seed={seed} lr={lr:g} {sorted(kw.items())}"
-        return cache.get_or_run(key, lambda: run(method, alpha, seed, lr, ns, **kw))  # type: ignore[no-any-return]
+        return cache.get_or_run(key, lambda: run(method, alpha, seed, lr, ns, **kw))
 
     for method, grid in grids.items():
         if len(grid) == 1:  # nothing to choose (quick): no tuning run

@@ -51,7 +51,7 @@ def recipe_kwargs(cfg: Any) -> dict[str, Any]:
     from components.models.vq import VQConfig
     from pipelines.stages import model_args
 
-    args = model_args(types.SimpleNamespace(config=cfg))
+    args = model_args(types.SimpleNamespace(config=cfg))  # type: ignore[arg-type]  # it reads .config only
     a, t, b = cfg.adapter, cfg.train, cfg.base
     return dict(
         model_args=args, vocab_size=cfg.model.lm.vocab_size,
@@ -86,7 +86,10 @@ def main() -> None:
         cfg = load_config(ns.config)
     except (ConfigError, OSError) as exc:
         raise SystemExit(f"{ns.config}: {exc}") from None
-    kwargs = recipe_kwargs(cfg)
+    try:
+        kwargs = recipe_kwargs(cfg)
+    except ValueError as exc:  # a shape this tiny recipe cannot build
+        raise SystemExit(f"{ns.config}: {exc}") from None
     t = cfg.train
     steps: dict[int | str, int] = {1: t.stage1.steps, 2: t.stage2.steps, 3: t.stage3.steps}
     if ns.quick:
@@ -94,7 +97,9 @@ def main() -> None:
         steps = {1: 10, 2: 20, 3: 60}
         kwargs.update(base_steps=150, base_vision_warmup=150, vq_steps=50)
     info = preamble("HealthGPT three stages vs one mixed stage (benchmarks/evidence/stages.py)", ns.quick)
-    subjects = int(cfg.data.sources["phantom"].subjects)
+    if "phantom" not in cfg.data.sources:
+        raise SystemExit(f"{ns.config}: data.sources has no phantom source (this script builds the phantom dataset)")
+    subjects = int(getattr(cfg.data.sources["phantom"], "subjects"))  # noqa: B009  (a PhantomSourceConfig)
     started = time.perf_counter()
     dataset = build(subjects, ns.work)
     print(f"dataset: phantom {subjects} subjects at {dataset} ({time.perf_counter() - started:.0f} s); stages "

@@ -7,13 +7,14 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PATH = Path(__file__).resolve().parents[3] / "benchmarks" / "evidence" / "claimstats.py"
 
 
-def _load():  # type: ignore[no-untyped-def]
+def _load() -> Any:
     spec = importlib.util.spec_from_file_location("claimstats", PATH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
