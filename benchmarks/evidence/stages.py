@@ -86,6 +86,9 @@ def main() -> None:
         cfg = load_config(ns.config)
     except (ConfigError, OSError) as exc:
         raise SystemExit(f"{ns.config}: {exc}") from None
+    if cfg.model.path or cfg.model.lm.path or cfg.model.vision.path:
+        raise SystemExit(f"{ns.config}: sets model.path / model.lm.path / model.vision.path; this script trains the "
+                         "embedded default's tiny model from scratch")  # fmt: skip
     try:
         kwargs = recipe_kwargs(cfg)
     except ValueError as exc:  # a shape this tiny recipe cannot build
