@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port")
     p.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) ends")
     ns = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # medtune's own lines at INFO (task loaded / re-used, each task's time); the libraries' (httpx logs every
+    # Runtime API poll at INFO) at WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("medtune").setLevel(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):  # the SuperNode ended (the parent monitor raises SIGINT)
         serve(ns.runtime_api_address, ns.parent_pid)
 

@@ -72,10 +72,16 @@ def _tls_material(d: Path, nodes: list[str]) -> None:
         (d / f"{name}.pub").write_bytes(node.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH))
 
 
-def _secure_cluster(cluster: Cluster, tls: Path, nodes: list[str], register: list[str]) -> None:  # noqa: F811
+def _secure_cluster(
+    cluster: Cluster,  # noqa: F811
+    tls: Path,
+    nodes: list[str],
+    register: list[str],
+    warm: tuple[str, ...] = (),
+) -> None:
     """A SuperLink serving TLS only with SuperNode authentication on; the node keys in ``register`` registered over
     TLS with ``flwr supernode register``; one SuperNode per name in ``nodes`` (site i = the i-th), each with its
-    own key."""
+    own key; those in ``warm`` started with medtune's launcher and ``--warm``, the others with Flower's command."""
     tls.mkdir()
     _tls_material(tls, [*dict.fromkeys([*nodes, *register])])
     home = Path(cluster.env["FLWR_HOME"])
@@ -99,16 +105,23 @@ def _secure_cluster(cluster: Cluster, tls: Path, nodes: list[str], register: lis
             time.sleep(1)
         assert "registered successfully" in reg.stdout, f"could not register {key}: {reg.stdout[-2000:]}{reg.stderr}"
     for pid, key in enumerate(nodes):
+        command = (
+            [str(BIN / "python"), "-m", "components.federated.launch", "supernode", "--warm"]
+            if key in warm
+            else [str(BIN / "flower-supernode")]
+        )
         cluster._start(
             f"node{pid}",
-            [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{cluster.port}", "--root-certificates",
+            [*command, "--superlink", f"127.0.0.1:{cluster.port}", "--root-certificates",
              str(tls / "ca.crt"), "--auth-supernode-private-key", str(tls / key), "--port", str(free_port()),
              "--node-config", f"partition-id={pid} num-partitions={len(nodes)}", "--max-wait-time", "60"],
         )  # fmt: skip
 
 
 def test_tls_and_authenticated_supernodes_refuse_an_unregistered_node(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
-    _secure_cluster(cluster, tmp_path / "tls", ["good-0", "good-1", "evil"], register=["good-0", "good-1"])
+    # good-1 is a warm SuperNode (medtune's worker runs its ClientApp): TLS and node auth are the SuperNode's own
+    _secure_cluster(cluster, tmp_path / "tls", ["good-0", "good-1", "evil"], register=["good-0", "good-1"],
+                    warm=("good-1",))  # fmt: skip
     out = tmp_path / "out"
     settings = {**SETTINGS, "method": "fedavg_full", "rounds_sparse": 0, "rounds_lora": 1, "local_steps": 2,
                 "node_wait_timeout": 30.0}  # fmt: skip
@@ -120,6 +133,8 @@ def test_tls_and_authenticated_supernodes_refuse_an_unregistered_node(cluster: C
     assert [sorted(r["accepted"]) for r in history["rounds"]] == [["site-0", "site-1"]]
     assert sorted(history["final"]) == ["site-0", "site-1"]  # the unregistered site-2 never took part
     assert "No SuperNode found with the given public key" in cluster.log("superlink")
+    logs = [(tmp_path / f"node{i}.log").read_text(errors="replace") for i in (0, 1)]
+    assert "(warm)" in logs[1] and "(warm)" not in logs[0]
 
 
 @pytest.mark.slow

@@ -54,3 +54,4 @@ def test_warm_supernodes_train_on_their_own_records_and_load_once(cluster: Clust
         assert log.count(f"task mlp for {name} loaded") == 1, log[-3000:]
         assert log.count(f"task mlp for {name} re-used") == 3, log[-3000:]
         assert log.count("(warm)") >= 4
+        assert "acquire-task" not in log  # the worker's polls stay out of the SuperNode's log
