@@ -75,8 +75,11 @@ def run(workspace: Path, overrides: list[str]) -> tuple[float, str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone (its path is printed)")
+    parser.add_argument("--nproc", type=int, default=1, help="medtune run --nproc N (N processes, train.distributed)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.stage3.steps=50")
     args = parser.parse_args()
+    if args.nproc > 1:
+        args.overrides = ["--nproc", str(args.nproc), *args.overrides]
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.strip()  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -93,7 +96,9 @@ def main() -> None:
         metric = {k: float(v) for k, v in re.findall(names, output)}
         gates = [line for line in output.splitlines() if line.startswith("register:")]
         safety = [line for line in output.splitlines() if line.startswith("safety: overall")]
-        print("\n## `medtune run` on the embedded default, fresh clone of", commit, "(dirty tree)" if dirty else "")
+        how = f" --nproc {args.nproc}" if args.nproc > 1 else ""
+        title = f"\n## `medtune run{how}` on the embedded default, fresh clone of {commit}"
+        print(title, "(dirty tree)" if dirty else "")
         print(
             f"\nper-core speed {gflops_before:.1f} GFLOP/s before, {gflops_after:.1f} after; load average (1 min) "
             f"{load_before:.2f} before, {load_after:.2f} after\n"

@@ -96,15 +96,19 @@ def test_two_processes_from_the_cli_train_like_one_and_log_once(make_workspace, 
     env = cli_env(netguard, OMP_NUM_THREADS="1")
     relax_quality_floor(ws)
 
-    one = medtune(["run", *SMOKE], ws, env, timeout=900)
-    assert one.returncode == 0, one.output
+    # the two-process run comes first: in a fresh workspace its rank 0 builds the data through `dvc repro`, whose
+    # one-process commands must not inherit torchrun's rank variables
     ddp = medtune(["run", "--nproc", "2", *SMOKE, "train.distributed=ddp"], ws, env, timeout=900)
     assert ddp.returncode == 0, ddp.output[-6000:]
+    assert "Running stage 'build'" in ddp.stdout and "base: re-used" not in ddp.stdout
+    one = medtune(["run", *SMOKE], ws, env, timeout=900)
+    assert one.returncode == 0, one.output
     fsdp = _torchrun(["run", *SMOKE, "train.distributed=fsdp"], ws, env)
     assert fsdp.returncode == 0, fsdp.output[-6000:]
     for result in (ddp, fsdp):  # rank 0 alone ran the flow and reported it
         assert result.stdout.count("retrain finished") == 1, result.stdout
         assert result.stdout.count("ranks: 2 processes") == 1, result.stdout
+    for result in (one, fsdp):
         assert "base: re-used cached base model" in result.stdout
         assert "rank_search: " in result.stdout and "re-used)" in result.stdout
 
