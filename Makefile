@@ -9,8 +9,12 @@ STAMP := $(VENV)/.medtune-installed
 run: $(STAMP)            ## the retrain flow on the embedded default
 	$(BIN)/medtune run
 
+# pytest-xdist: TEST_WORKERS processes take whole test files (module fixtures run once). Most integration tests wait
+# on subprocesses and servers for much of their time, so 2 workers on 2 cores run the suite in about 2/3 of the time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)           ## lint, types, unit and integration tests
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest -q
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)      ## the slow tier only (several processes, kill-at-every-step, extra retrains); ~10 min
 	$(BIN)/pytest -q --slow -m slow
