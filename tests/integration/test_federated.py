@@ -89,6 +89,24 @@ class Cluster:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
+    def kill_on(self, name: str, line: str, within: float = 180) -> tuple[threading.Thread, dict[str, float]]:
+        """SIGKILL node ``name`` as soon as ``line`` appears in its log (a started watcher thread, and a dict that
+        holds ``"at"``, the monotonic time of the kill, once it happened)."""
+        killed: dict[str, float] = {}
+
+        def watch() -> None:
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                if line in self.log(name):
+                    self.kill(name)
+                    killed["at"] = time.monotonic()
+                    return
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        return watcher, killed
+
     def run(self, out: Path, timeout: float, **config: Any) -> subprocess.CompletedProcess[str]:
         args = [str(BIN / "flwr"), "run", str(APP), CONNECTION, "--stream"]
         for item in FedSettings(**config, out_dir=str(out)).to_flwr_args():
@@ -179,19 +197,8 @@ def test_run_survives_a_supernode_killed_mid_round(cluster: Cluster, tmp_path: P
     for pid in range(3):
         cluster.supernode(pid, 3)
     out = tmp_path / "out"
-    killed: dict[str, float] = {}
-
-    def kill_when_training() -> None:  # node 2 dies once it has received the first training message
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if "Receiving: train message" in cluster.log("node2"):
-                cluster.kill("node2")
-                killed["at"] = time.monotonic()
-                return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=kill_when_training, daemon=True)
-    watcher.start()
+    # node 2 dies once it has received the first training message
+    watcher, killed = cluster.kill_on("node2", "Receiving: train message")
     # Flower's SuperLink declares a node dead after two missed 30 s heartbeats; a 45 s round timeout ends the round
     # sooner when the healthy sites have answered (the dead one then counts as missing rather than as an error)
     result = cluster.run(out, timeout=300, **{**SETTINGS, "round_timeout": 45.0})

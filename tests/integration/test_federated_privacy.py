@@ -17,7 +17,6 @@ import datetime
 import ipaddress
 import json
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,19 +145,8 @@ def test_secagg_plus_over_tls_and_node_auth_survives_a_killed_site(cluster: Clus
     keys = ["site-a", "site-b", "site-c"]
     _secure_cluster(cluster, tmp_path / "tls", keys, register=keys)
     out = tmp_path / "out"
-    killed: dict[str, float] = {}
-
-    def kill_when_asked() -> None:  # node 2 dies once SecAgg+'s first (setup) message reaches it
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if "Receiving: train message" in cluster.log("node2"):
-                cluster.kill("node2")
-                killed["at"] = time.monotonic()
-                return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=kill_when_asked, daemon=True)
-    watcher.start()
+    # node 2 dies once SecAgg+'s first (setup) message reaches it
+    watcher, killed = cluster.kill_on("node2", "Receiving: train message")
     result = cluster.run(out, timeout=420, **SECURE)
     watcher.join(timeout=5)
     assert "at" in killed, "node 2 never received a SecAgg+ message"
