@@ -30,8 +30,9 @@ learns the yes/no questions (benchmarks/README.md, "Phantom closed questions"). 
 al., NeurIPS 2024, "Instruction Tuning With Loss Over Instructions": it helps most where answers are short against
 their prompts). Why: the yes/no questions whose answer is an XOR of a question word and the image ("Is the liver
 larger than the spleen?", "Does the largest lesion lie on the left?") sat at chance in one base of two with the same
-recipe; predicting the question's words makes the LM represent which organ or side a question names, and with it
-the base answered them (0.97 and 0.95 against 0.53 and 0.60; benchmarks/README.md, "The main job").
+recipe; predicting the question's words makes the LM represent which organ or side a question names. Measured on
+two seeds: closed accuracy 0.900 -> 0.930 and 0.910 -> 0.917 (larger_yn 0.91 -> 0.97 on the first), a small gain,
+not a cure for the plateau (benchmarks/README.md, "The main job").
 
 Budget (issue 4: "under 3 minutes on 2 cores"): the defaults (2,000 warm-up steps of 32 images, then 2,000 steps
 of 16 records, AdamW 5e-4, cosine with 5% warm-up, the 4 x 4 patch merger of the embedded default) took 173 s in

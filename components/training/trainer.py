@@ -125,8 +125,8 @@ class TrainArgs:
     # Loss over the prompt too (Shi et al., "Instruction Tuning With Loss Over Instructions", NeurIPS 2024): each
     # record's mean cross-entropy on its prompt's text tokens (the template and the question; never an image
     # placeholder or padding), times this weight, is added to its answer loss. It helps most where answers are short
-    # against their prompts (the paper's finding): on the embedded default's one-word answers, the base left the
-    # yes/no plateau where it had stayed at chance (benchmarks/README.md, "The main job"). Needs loss="record".
+    # against their prompts (the paper's finding): on the embedded default's one-word answers, the base's closed
+    # accuracy rose by 0.03 and 0.007 on two seeds (benchmarks/README.md, "The main job"). Needs loss="record".
     prompt_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
