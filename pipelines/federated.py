@@ -92,7 +92,7 @@ def federated_stage(
                 if cfg.mode == "simulation":
                     history = simulate(settings, num_sites=len(cfg.sites))
                 else:
-                    history = deploy(settings, ctx.path(cfg.app_dir), cfg.connection, echo=echo)
+                    history = deploy(settings, _app_dir(ctx, cfg.app_dir), cfg.connection, echo=echo)
             except FederatedRunError as e:
                 if (out / HISTORY).is_file():
                     session.log_artifact(run_id, out / HISTORY)
@@ -115,11 +115,23 @@ def federated_stage(
         return {"model_dir": str(model_out), "run_id": run_id, "work_dir": str(work)}
 
 
+def _app_dir(ctx: Context, app_dir: str) -> Path:
+    """The Flower app (FAB) folder to submit: ``app_dir`` in the workspace when it holds one, else, for a relative
+    path, medtune's own (``infra/flower`` of the installed checkout: ``medtune init`` copies no FAB)."""
+    from pipelines.context import PACKAGE_ROOT
+
+    for folder in (ctx.path(app_dir), PACKAGE_ROOT / app_dir):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    raise StageFailed("federated", f"federated.app_dir: no Flower app (pyproject.toml) in {ctx.path(app_dir)}")
+
+
 def _task_args(mode: str, model_dir: str, dataset: str, work: Path) -> dict[str, Any]:
     """The vlm task's run config. Simulation: the sites' files this stage writes under ``work/sites``. Deployment:
     nothing about the sites' records, which stay at the sites (each SuperNode's ``--node-config data=...``); the
-    model and the dataset's images are paths every SuperNode host must see (shared storage or a local copy)."""
-    args = {"model_dir": str(model_dir), "dataset": dataset}
+    model and the dataset's images are paths every SuperNode host must see (shared storage or a local copy), so
+    absolute: a SuperNode does not run in the submitter's working directory."""
+    args = {"model_dir": str(Path(model_dir).resolve()), "dataset": str(Path(dataset).resolve())}
     return {**args, "sites_dir": str(work / "sites")} if mode == "simulation" else args
 
 

@@ -79,6 +79,16 @@ class Cluster:
              "--max-wait-time", "60"],
         )  # fmt: skip
 
+    def site_node(self, name: str, data: Path, site: str, *, warm: bool = False) -> None:
+        """A SuperNode that brings its own records file and names itself (``--node-config 'data=... site=...'``),
+        started with medtune's launcher; ``warm``: one ClientApp process for all its messages."""
+        self._start(
+            name,
+            [str(BIN / "python"), "-m", "components.federated.launch", "supernode", *(["--warm"] if warm else []),
+             "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+             "--node-config", f'data="{data}" site="{site}"', "--max-wait-time", "60"],
+        )  # fmt: skip
+
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""

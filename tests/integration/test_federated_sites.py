@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import BIN, free_port
 from tests.integration.test_federated import SETTINGS, Cluster, _history, cluster  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -32,12 +31,7 @@ def test_warm_supernodes_train_on_their_own_records_and_load_once(cluster: Clust
     cluster.superlink()
     sites = {"hospital-a": _records(tmp_path / "a.npz", 50, 1), "hospital-b": _records(tmp_path / "b.npz", 80, 2)}
     for pid, (name, data) in enumerate(sites.items()):
-        cluster._start(
-            f"node{pid}",
-            [str(BIN / "python"), "-m", "components.federated.launch", "supernode", "--warm", "--insecure",
-             "--superlink", f"127.0.0.1:{cluster.port}", "--port", str(free_port()),
-             "--node-config", f'data="{data}" site="{name}"', "--max-wait-time", "60"],
-        )  # fmt: skip
+        cluster.site_node(f"node{pid}", data, name, warm=True)
     out = tmp_path / "out"
     history = _history(out, cluster.run(out, timeout=240, **SETTINGS), cluster)
     assert history["settings"]["task_args"] == {"alpha": 1.0}  # nothing about the sites' data in the run config

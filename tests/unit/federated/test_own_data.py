@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ import pytest
 from components.federated.app import site_of
 from components.federated.tasks import SiteRef, make_task
 from components.federated.vlm import vlm_task
-from pipelines.federated import _task_args
+from pipelines.context import PACKAGE_ROOT
+from pipelines.federated import _app_dir, _task_args
+from pipelines.stages import StageFailed
 
 
 def test_a_supernode_names_its_own_records_and_itself() -> None:
@@ -48,6 +51,19 @@ def test_deployment_run_config_names_no_site_records(tmp_path: Path) -> None:
     deployed = _task_args("deployment", "/m", "/d", tmp_path)
     assert deployed == {"model_dir": "/m", "dataset": "/d"}
     assert _task_args("simulation", "/m", "/d", tmp_path)["sites_dir"] == str(tmp_path / "sites")
+    # a SuperNode does not run in the submitter's folder: `medtune federated --model-dir rel/model` sends it absolute
+    assert _task_args("deployment", "rel/m", "d", tmp_path) == {"model_dir": str(Path("rel/m").resolve()),
+                                                               "dataset": str(Path("d").resolve())}  # fmt: skip
+
+
+def test_deployment_submits_medtune_s_own_flower_app_from_a_fresh_workspace(tmp_path: Path) -> None:
+    ctx = SimpleNamespace(path=lambda p: tmp_path / p)  # `medtune init` copies no infra/flower
+    assert _app_dir(ctx, "infra/flower") == PACKAGE_ROOT / "infra" / "flower"  # type: ignore[arg-type]
+    (tmp_path / "infra" / "flower").mkdir(parents=True)
+    (tmp_path / "infra" / "flower" / "pyproject.toml").write_text("")
+    assert _app_dir(ctx, "infra/flower") == tmp_path / "infra" / "flower"  # type: ignore[arg-type]
+    with pytest.raises(StageFailed, match=r"federated.app_dir: no Flower app \(pyproject.toml\) in .*/nowhere"):
+        _app_dir(ctx, "nowhere")  # type: ignore[arg-type]
 
 
 def test_the_mlp_site_trains_on_its_own_npz(tmp_path: Path) -> None:
