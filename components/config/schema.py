@@ -486,7 +486,10 @@ class FederatedConfig(Strict):
     connection: str = Field(
         "medtune", description="Deployment: the SuperLink connection name in $FLWR_HOME/config.toml."
     )
-    app_dir: str = Field("infra/flower", description="Deployment: the Flower app folder (FAB) to submit.")
+    app_dir: str = Field(
+        "infra/flower",
+        description="Deployment: the Flower app folder (FAB) to submit; relative: the workspace's, else medtune's own.",
+    )
     round_timeout: float = Field(300.0, gt=0, description="Seconds the server waits for a round's replies.")
     node_wait_timeout: float = Field(120.0, gt=0, description="Seconds the server waits for min_sites nodes.")
     aggregation: Literal["weighted_mean", "trimmed_mean", "median"] = Field(
