@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import per_core_gflops  # a sibling module: the per-core figure every benchmark prints
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the fixtures live in tests/fixtures (python benchmarks/byo_vlm.py from the root)
@@ -211,23 +212,6 @@ def to_device(batch: dict[str, Any], device: str, dtype: torch.dtype) -> dict[st
         k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor) else v
         for k, v in batch.items()
     }
-
-
-# -- the per-core figure ------------------------------------------------------------------------------------------
-_CALIBRATION = (torch.randn(512, 512, generator=torch.Generator().manual_seed(0)),) * 2
-
-
-def per_core_gflops() -> float:
-    """GFLOP/s of one single-thread float32 512 x 512 x 512 matmul (best of 3): this core's speed right now."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        torch.mm(*_CALIBRATION)
-        best = min(best, time.perf_counter() - start)
-    torch.set_num_threads(threads)
-    return 2 * 512**3 / best / 1e9
 
 
 # -- measurement --------------------------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def main_dp(ns: argparse.Namespace) -> None:
         f"--dp: {ns.dp_method}, alpha {ns.dp_alpha:g}, {ns.sites} sites, R1={ns.r1} + R2={ns.r2} rounds, "
         f"{ns.local_steps} local steps x batch {ns.batch}, lr {ns.lr}, seed {ns.seed}, {ns.threads} threads\n"
     )
-    from byo_vlm import per_core_gflops  # a sibling script: this machine's per-core speed beside the times
+    from machine import per_core_gflops  # a sibling module: this machine's per-core speed beside the times
 
     speed = {"per_core_gflops": round(per_core_gflops(), 1), "load_average": round(os.getloadavg()[0], 2)}
     results: dict[str, Any] = {"dp": [], "secagg": [], "machine": speed}

@@ -138,7 +138,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def preamble(name: str, quick: bool) -> dict[str, Any]:
     """Print and return what every evidence table needs beside it: the command, the date, the mode, the machine's
     per-core speed (the figure of ``benchmarks/main_job.py``) and the load average."""
-    from byo_vlm import per_core_gflops
+    from machine import per_core_gflops
 
     _MODE["quick"] = quick
     info = {
@@ -208,7 +208,7 @@ def _commit() -> str:
 
 def finish(info: dict[str, Any], payload: dict[str, Any], json_path: Path | None) -> None:
     """Add the closing per-core speed and write ``payload`` (with ``info``) to ``json_path`` if given."""
-    from byo_vlm import per_core_gflops
+    from machine import per_core_gflops
 
     info["per_core_gflops_after"] = round(per_core_gflops(), 1)
     info["load_average_after"] = round(os.getloadavg()[0], 2)
