@@ -99,7 +99,9 @@ def federated_stage(
                 raise StageFailed("federated", str(e)) from None
             merge_into_model(
                 model_dir, read_deltas(out), model_out,
-                meta={"method": cfg.method, "sites": cfg.sites, "rounds": settings.total_rounds, "source": model_dir},
+                meta={"method": cfg.method, "sites": cfg.sites, "rounds": settings.total_rounds, "source": model_dir,
+                      "mode": cfg.mode, "secure_aggregation": cfg.secure_aggregation,
+                      "aggregation": cfg.aggregation, "privacy": history.get("privacy")},
             )  # fmt: skip
         _log_history(session, run_id, history)
         _log_privacy(session, run_id, history, echo)

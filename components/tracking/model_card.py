@@ -53,6 +53,51 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     return lines
 
 
+def _federated(fed: Mapping[str, Any] | None) -> list[str]:
+    """The federated section (issue 22), for a privacy officer's sign-off: who trained, how the server combined the
+    sites' updates, and the differential-privacy guarantee (or that there is none). Empty for a central model."""
+    if not fed:
+        return []
+    privacy = fed.get("privacy") or None
+    secure = fed.get("secure_aggregation")
+    rows: list[tuple[Any, ...]] = [
+        ("method", fed.get("method")),
+        ("sites", ", ".join(str(s) for s in fed.get("sites") or []) or None),
+        ("rounds", fed.get("rounds")),
+        ("mode", fed.get("mode")),
+        (
+            "secure aggregation",
+            None
+            if secure is None
+            else "SecAgg+ (the server saw only the sum of the sites' updates)"
+            if secure
+            else "no (the server saw each site's update)",
+        ),  # fmt: skip
+        ("aggregation", fed.get("aggregation")),
+    ]
+    if privacy:
+        adaptive = privacy.get("adaptive_clipping")
+        rows += [
+            (
+                "differential privacy",
+                f"{privacy.get('mechanism')}: epsilon {privacy.get('epsilon'):.3g} at delta "
+                f"{privacy.get('delta'):g} ({privacy.get('accountant')} accountant, "
+                f"{privacy.get('releases')} releases)",
+            ),  # fmt: skip
+            ("noise multiplier", privacy.get("noise_multiplier")),
+            (
+                "clip norm",
+                privacy.get("clip_norm")
+                if not adaptive
+                else f"{privacy.get('clip_norm'):.4g} at the start, {adaptive.get('final_clip_norm'):.4g} at the end "
+                "(adaptive clipping)",
+            ),  # fmt: skip
+        ]
+    else:
+        rows.append(("differential privacy", "none: no formal guarantee bounds what the model reveals about a site"))
+    return ["", "## Federated training and privacy", "", *_table(("field", "value"), rows)]
+
+
 def render_card(
     name: str,
     version: str,
@@ -116,6 +161,7 @@ def render_card(
         lines += _table(("metric", "value"), [(k, metrics[k]) for k in shown + others[:MAX_METRICS]])
     else:
         lines.append("No evaluation metrics were recorded.")
+    lines += _federated(info.get("federated"))
     lines += ["", "## Safety", ""]
     s = evidence.safety
     if s is None:

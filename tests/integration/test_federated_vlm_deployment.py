@@ -91,7 +91,9 @@ def test_vlm_sites_bring_their_own_records_to_a_deployment(
     from components.training.plugins import load_trained
 
     merged = Path(fed.stdout.split("model: ")[-1].split()[0])
-    assert merged == work / "model" and json.loads((merged / "trained.json").read_text())["federated"]["rounds"] == 1
+    fed_info = json.loads((merged / "trained.json").read_text())["federated"]  # what the model card shows
+    assert merged == work / "model" and fed_info["rounds"] == 1 and fed_info["mode"] == "deployment"
+    assert fed_info["secure_aggregation"] is False and fed_info["privacy"] is None
     after_model = load_trained(str(merged))
     before, after = load_trained(str(trained)).state_dict(), after_model.state_dict()
     assert set(before) == set(after)

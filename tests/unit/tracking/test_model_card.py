@@ -61,3 +61,27 @@ def test_card_without_evidence_says_so() -> None:
     assert "Data validation: not recorded." in card
     assert "Not evaluated against the promotion policy." in card
     assert "## Lineage\n\n| field | value |\n|---|---|\n\n## Evaluation" in card  # an empty table keeps its header
+
+
+def test_card_states_the_federated_privacy_a_privacy_officer_signs_off() -> None:
+    privacy = {"mechanism": "client-level DP-FedAvg (central Gaussian)", "accountant": "opacus RDP",
+               "noise_multiplier": 1.56, "clip_norm": 1.47, "delta": 1e-5, "releases": 6,
+               "epsilon": 7.9967}  # fmt: skip
+    fed = {"method": "slora", "sites": ["site-0", "site-1"], "rounds": 6, "mode": "deployment",
+           "secure_aggregation": True, "aggregation": "fedavg", "privacy": privacy}  # fmt: skip
+    card = render_card("medtune-vlm", "4", _evidence(), model_info={"federated": fed})
+    section = card.split("## Federated training and privacy")[1].split("## Safety")[0]
+    for line in (
+        "| sites | site-0, site-1 |",
+        "| secure aggregation | SecAgg+ (the server saw only the sum of the sites' updates) |",
+        "| differential privacy | client-level DP-FedAvg (central Gaussian): epsilon 8 at delta 1e-05 "
+        "(opacus RDP accountant, 6 releases) |",
+        "| noise multiplier | 1.56 |",
+        "| clip norm | 1.47 |",
+    ):
+        assert line in section, (line, section)
+    central_view = {**fed, "privacy": None, "secure_aggregation": False}
+    plain = render_card("medtune-vlm", "5", _evidence(), model_info={"federated": central_view})
+    assert "| differential privacy | none: no formal guarantee" in plain
+    assert "| secure aggregation | no (the server saw each site's update) |" in plain
+    assert "## Federated" not in render_card("medtune-vlm", "6", _evidence(), model_info={})  # a central model
