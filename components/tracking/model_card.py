@@ -58,43 +58,28 @@ def _federated(fed: Mapping[str, Any] | None) -> list[str]:
     sites' updates, and the differential-privacy guarantee (or that there is none). Empty for a central model."""
     if not fed:
         return []
-    privacy = fed.get("privacy") or None
-    secure = fed.get("secure_aggregation")
+    secure = {True: "SecAgg+ (the server saw only the sum of the sites' updates)",
+              False: "no (the server saw each site's update)"}.get(fed.get("secure_aggregation"))  # fmt: skip
     rows: list[tuple[Any, ...]] = [
         ("method", fed.get("method")),
         ("sites", ", ".join(str(s) for s in fed.get("sites") or []) or None),
         ("rounds", fed.get("rounds")),
         ("mode", fed.get("mode")),
-        (
-            "secure aggregation",
-            None
-            if secure is None
-            else "SecAgg+ (the server saw only the sum of the sites' updates)"
-            if secure
-            else "no (the server saw each site's update)",
-        ),  # fmt: skip
+        ("secure aggregation", secure),
         ("aggregation", fed.get("aggregation")),
     ]
-    if privacy:
-        adaptive = privacy.get("adaptive_clipping")
-        rows += [
-            (
-                "differential privacy",
-                f"{privacy.get('mechanism')}: epsilon {privacy.get('epsilon'):.3g} at delta "
-                f"{privacy.get('delta'):g} ({privacy.get('accountant')} accountant, "
-                f"{privacy.get('releases')} releases)",
-            ),  # fmt: skip
-            ("noise multiplier", privacy.get("noise_multiplier")),
-            (
-                "clip norm",
-                privacy.get("clip_norm")
-                if not adaptive
-                else f"{privacy.get('clip_norm'):.4g} at the start, {adaptive.get('final_clip_norm'):.4g} at the end "
-                "(adaptive clipping)",
-            ),  # fmt: skip
-        ]
-    else:
+    privacy = fed.get("privacy")
+    if not privacy:
         rows.append(("differential privacy", "none: no formal guarantee bounds what the model reveals about a site"))
+        return ["", "## Federated training and privacy", "", *_table(("field", "value"), rows)]
+    guarantee = (f"{privacy.get('mechanism')}: epsilon {privacy.get('epsilon'):.3g} at delta {privacy.get('delta'):g} "
+                 f"({privacy.get('accountant')} accountant, {privacy.get('releases')} releases)")  # fmt: skip
+    clip = privacy.get("clip_norm")
+    adaptive = privacy.get("adaptive_clipping")
+    if adaptive:
+        clip = f"{clip:.4g} at the start, {adaptive.get('final_clip_norm'):.4g} at the end (adaptive clipping)"
+    rows += [("differential privacy", guarantee), ("noise multiplier", privacy.get("noise_multiplier")),
+             ("clip norm", clip)]  # fmt: skip
     return ["", "## Federated training and privacy", "", *_table(("field", "value"), rows)]
 
 
