@@ -59,7 +59,7 @@ def _federated(fed: Mapping[str, Any] | None) -> list[str]:
     if not fed:
         return []
     secure = {True: "SecAgg+ (the server saw only the sum of the sites' updates)",
-              False: "no (the server saw each site's update)"}.get(fed.get("secure_aggregation"))  # fmt: skip
+              False: "no (the server saw each site's update)"}.get(bool(fed.get("secure_aggregation")))  # fmt: skip
     rows: list[tuple[Any, ...]] = [
         ("method", fed.get("method")),
         ("sites", ", ".join(str(s) for s in fed.get("sites") or []) or None),
