@@ -188,9 +188,9 @@ def main_dp(ns: argparse.Namespace) -> None:
         f"--dp: {ns.dp_method}, alpha {ns.dp_alpha:g}, {ns.sites} sites, R1={ns.r1} + R2={ns.r2} rounds, "
         f"{ns.local_steps} local steps x batch {ns.batch}, lr {ns.lr}, seed {ns.seed}, {ns.threads} threads\n"
     )
-    from machine import per_core_gflops  # a sibling module: this machine's per-core speed beside the times
+    import machine  # a sibling module: this machine's per-core speed beside the times
 
-    speed = {"per_core_gflops": round(per_core_gflops(), 1), "load_average": round(os.getloadavg()[0], 2)}
+    speed = machine.snapshot()
     results: dict[str, Any] = {"dp": [], "secagg": [], "machine": speed}
     clip = ns.dp_clip
     if clip <= 0:  # the reference run: no DP, the default robust aggregation; its first round's median norm
@@ -222,10 +222,7 @@ def main_dp(ns: argparse.Namespace) -> None:
                 results["secagg"].append(row)
                 print(f"  {row['aggregation']}: {statistics.mean(row['seconds_per_round']):.1f} s/round, "
                       f"test {row['test_accuracy']:.3f}, {row['seconds']:.0f} s in all")  # fmt: skip
-    speed.update(per_core_gflops_after=round(per_core_gflops(), 1), load_average_after=round(os.getloadavg()[0], 2))
-    print(f"\nper-core speed (1-thread fp32 512^3 matmul) {speed['per_core_gflops']} GFLOP/s before, "
-          f"{speed['per_core_gflops_after']} after; load average {speed['load_average']} -> "
-          f"{speed['load_average_after']}")  # fmt: skip
+    machine.close(speed)
     if results["dp"] or "reference" in results:
         print(
             "\n| ε | σ | clip C | test acc | site val acc | ε spent (δ 1e-5) | s/round |\n|---|---|---|---|---|---|---|"

@@ -186,9 +186,9 @@ def main() -> None:
         print(f"model {model}; images and the site files of {', '.join(vlm_sites(dataset, ns.sites))} from {dataset}")
     print(f"{ns.task}, {ns.sites} SuperNodes on loopback, FedAvg-LoRA {ns.rounds} rounds x {ns.local_steps} local "
           f"steps, {ns.threads} thread(s) per ClientApp\n")  # fmt: skip
-    from machine import per_core_gflops  # a sibling module: this machine's per-core speed beside the times
+    import machine  # a sibling module: this machine's per-core speed beside the times
 
-    speed = {"per_core_gflops": round(per_core_gflops(), 1), "load_average": round(os.getloadavg()[0], 2)}
+    speed = machine.snapshot()
     results = []
     for mode in ns.modes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,10 +201,7 @@ def main() -> None:
         print(
             f"| {r['mode']} | {' / '.join(f'{s:.1f}' for s in each)} | {sum(each) / len(each):.1f} | {r['wall']:.0f} |"
         )
-    speed.update(per_core_gflops_after=round(per_core_gflops(), 1), load_average_after=round(os.getloadavg()[0], 2))
-    print(f"\nper-core speed (1-thread fp32 512^3 matmul) {speed['per_core_gflops']} GFLOP/s before, "
-          f"{speed['per_core_gflops_after']} after; load average {speed['load_average']} -> "
-          f"{speed['load_average_after']}")  # fmt: skip
+    machine.close(speed)
     if ns.json:
         ns.json.write_text(json.dumps({"machine": speed, "runs": results}, indent=1) + "\n")
 

@@ -8,6 +8,7 @@ run`` with byo_vlm.py's ``OMP_WAIT_POLICY=PASSIVE``, 1.4-1.6x slower on an idle 
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -26,3 +27,16 @@ def per_core_gflops() -> float:
         best = min(best, time.perf_counter() - start)
     torch.set_num_threads(threads)
     return 2 * 512**3 / best / 1e9
+
+
+def snapshot() -> dict[str, float]:
+    """The per-core figure and the one-minute load average now, for a benchmark's start."""
+    return {"per_core_gflops": round(per_core_gflops(), 1), "load_average": round(os.getloadavg()[0], 2)}
+
+
+def close(speed: dict[str, float]) -> None:
+    """Add the closing figures to ``speed`` (from :func:`snapshot`) and print both ends on one line."""
+    speed.update(per_core_gflops_after=round(per_core_gflops(), 1), load_average_after=round(os.getloadavg()[0], 2))
+    print(f"\nper-core speed (1-thread fp32 512^3 matmul) {speed['per_core_gflops']} GFLOP/s before, "
+          f"{speed['per_core_gflops_after']} after; load average {speed['load_average']} -> "
+          f"{speed['load_average_after']}")  # fmt: skip
